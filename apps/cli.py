@@ -1,0 +1,42 @@
+"""The ``neolabel`` command line: one thin typer entry point per library function.
+
+Command modules import only typer at import time, so ``neolabel --help`` stays fast; torch,
+MONAI and MONAI Label are imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# command name -> (module in apps.commands, function name)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("serve", "serve"),
+    "synth": ("synth", "synth"),
+    "plan": ("plan", "plan"),
+    "train": ("train", "train"),
+    "infer": ("infer", "infer"),
+    "evaluate": ("evaluate", "evaluate"),
+    "simulate": ("simulate", "simulate"),
+    "export": ("export", "export"),
+}
+
+app = typer.Typer(
+    name="neolabel",
+    help="Active annotation for neonatal brain MRI: serve, simulate, plan, train, infer, evaluate, synth, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _name, (_module, _func) in COMMANDS.items():
+    app.command(_name)(getattr(importlib.import_module(f"apps.commands.{_module}"), _func))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per ``neolabel`` command; each imports only typer at module level."""

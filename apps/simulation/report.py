@@ -1,0 +1,310 @@
+"""Tables and figures of a simulation run: results.csv, results.md, PNG figures (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import labels as L
+from training.nifti import atomic_write_text
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "mode",
+    "condition",
+    "dispersion",
+    "axis",
+    "selection",
+    "margin",
+    "seed",
+    "round",
+    "n_volumes",
+    "n_slices",
+    "epochs",
+    "class",
+    "class_name",
+    "dice",
+    "hd95",
+    "train_seconds",
+)
+"""One row per condition (loop mode: strategy and round) × seed × class; class ``tissue`` is the
+mean over ``training.labels.TISSUE``."""
+
+SHORT_NAMES = {1: "CSF", 2: "cGM", 3: "WM", 4: "BG", 5: "Vent", 6: "Cereb", 7: "dGM", 8: "BStem", 9: "Hip/Amy", 0: "Out"}
+
+
+def _f(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _fmt(v: float | None, nd: int = 4) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def result_label(r: dict) -> str:
+    return r["condition"]["name"] if r["mode"] == "static" else r["strategy"]
+
+
+def csv_rows(results: Sequence[dict]) -> list[dict]:
+    rows = []
+    names = L.class_names()
+    for r in results:
+        cond = r.get("condition") or {}
+        s = r["scores"]
+        base = {
+            "mode": r["mode"],
+            "condition": result_label(r),
+            "dispersion": cond.get("dispersion", r.get("dispersion", "")),
+            "axis": cond.get("axis", r.get("axis", "")),
+            "selection": cond.get("selection", r.get("selection", "")),
+            "margin": cond.get("margin", r.get("margin", "")),
+            "seed": r["seed"],
+            "round": r.get("round", ""),
+            "n_volumes": r["n_volumes"],
+            "n_slices": r["n_slices"],
+            "epochs": r["epochs"],
+            "train_seconds": r["train_seconds"],
+        }
+        if cond.get("full"):
+            base["dispersion"] = "full"
+        for c in range(L.NUM_CLASSES):
+            rows.append({**base, "class": c, "class_name": names[c], "dice": _fmt(_f(s["dice"].get(str(c)))),
+                         "hd95": _fmt(_f(s["hd95"].get(str(c))), 3)})
+        rows.append({**base, "class": "tissue", "class_name": "tissue mean", "dice": _fmt(_f(s["tissue_dice"])),
+                     "hd95": _fmt(_f(s["tissue_hd95"]), 3)})
+    return rows
+
+
+def write_csv(path: Path, results: Sequence[dict]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for row in csv_rows(results):
+        w.writerow(row)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _ms(values: Sequence[float], nd: int = 3) -> str:
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return "n/a"
+    if v.size == 1:
+        return f"{v[0]:.{nd}f}"
+    return f"{v.mean():.{nd}f} ± {v.std(ddof=1):.{nd}f}"
+
+
+def group(results: Sequence[dict]) -> OrderedDict[str, list[dict]]:
+    g: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in results:
+        key = result_label(r) if r["mode"] == "static" else f"{r['strategy']}|{r['round']}"
+        g.setdefault(key, []).append(r)
+    return g
+
+
+def summary(results: Sequence[dict]) -> list[dict]:
+    """Per condition: mean tissue Dice etc. over seeds (used by the findings and the figures)."""
+    out = []
+    for name, rs in group([r for r in results if r["mode"] == "static"]).items():
+        td = [_f(r["scores"]["tissue_dice"]) for r in rs]
+        out.append({
+            "name": name,
+            "condition": rs[0]["condition"],
+            "tissue_dice": float(np.nanmean(td)) if not all(math.isnan(x) for x in td) else math.nan,
+            "tissue_dice_values": td,
+            "n": len(rs),
+        })
+    return out
+
+
+def findings(results: Sequence[dict]) -> list[str]:
+    """The paper's two findings checked on this run's numbers (whatever the answer is)."""
+    s = summary(results)
+    lines: list[str] = []
+    full = next((x for x in s if x["condition"].get("full")), None)
+    dispersed = [x for x in s if not x["condition"].get("full")]
+    if full is None or not dispersed:
+        return lines
+    better = [x for x in dispersed if x["tissue_dice"] > full["tissue_dice"]]
+    mean_disp = float(np.nanmean([x["tissue_dice"] for x in dispersed]))
+    lines.append(
+        f"High dispersion vs full volumes: {len(better)} of {len(dispersed)} dispersed condition(s) beat the "
+        f"full-volume baseline in mean tissue Dice ({full['tissue_dice']:.3f}); mean over dispersed conditions "
+        f"{mean_disp:.3f} ({'above' if mean_disp > full['tissue_dice'] else 'not above'} the baseline)."
+    )
+    by_axis = {}
+    for x in dispersed:
+        c = x["condition"]
+        if c.get("selection") == "equidistant" and c.get("axis") in ("sagittal", "coronal", "axial", "random"):
+            by_axis.setdefault(str(c.get("dispersion")), []).append(x)
+    for disp, xs in by_axis.items():
+        if len(xs) < 2:
+            continue
+        worst = min(xs, key=lambda x: x["tissue_dice"])
+        order = ", ".join(f"{x['condition']['axis']} {x['tissue_dice']:.3f}" for x in
+                          sorted(xs, key=lambda x: -x["tissue_dice"]))
+        lines.append(
+            f"Weakest axis at dispersion {disp}: {worst['condition']['axis']} "
+            f"({'sagittal is the weakest, as in the paper' if worst['condition']['axis'] == 'sagittal' else 'not sagittal, unlike the paper'}); "
+            f"ranking: {order}."
+        )
+    seeds = max(x["n"] for x in s)
+    if seeds > 1:
+        sds = [np.nanstd(x["tissue_dice_values"], ddof=1) for x in s if x["n"] > 1]
+        diffs = [abs(x["tissue_dice"] - full["tissue_dice"]) for x in dispersed]
+        lines.append(
+            f"Seed spread: median sd over seeds {float(np.nanmedian(sds)):.3f}; largest difference from the "
+            f"baseline {max(diffs):.3f} — differences smaller than about two sd are within seed noise."
+        )
+    else:
+        lines.append("Only one seed per condition: no spread is known, so small differences may be noise.")
+    return lines
+
+
+def markdown(results: Sequence[dict], meta: dict) -> str:
+    """``results.md``: the setup, a Table-3-style table (conditions as rows, mean ± sd over seeds)."""
+    lines = ["# Simulation results", ""]
+    for k, v in meta.items():
+        lines.append(f"- {k}: {v}")
+    lines.append("")
+    static = [r for r in results if r["mode"] == "static"]
+    loop = [r for r in results if r["mode"] == "loop"]
+    tissue = [c for c in L.TISSUE]
+    if static:
+        lines += [
+            "## Conditions (mean ± sd over seeds, held-out test scans)",
+            "",
+            "| condition | dispersion | axis | scans | slices | seeds | tissue Dice | all-class Dice | tissue HD95 (mm) "
+            "| train time (s) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, rs in group(static).items():
+            c = rs[0]["condition"]
+            disp = "full volumes" if c.get("full") else (
+                "1 slice/scan" if c["dispersion"] == "1slice" else f"{float(c['dispersion']):.0%}")
+            axis = f"{c['axis']} (counted)" if c.get("full") else c["axis"]
+            lines.append(
+                f"| {name} | {disp} | {axis} | {_ms([r['n_volumes'] for r in rs], 1)} | "
+                f"{_ms([r['n_slices'] for r in rs], 0)} | {len(rs)} | "
+                f"{_ms([_f(r['scores']['tissue_dice']) for r in rs])} | "
+                f"{_ms([_f(r['scores']['mean_dice']) for r in rs])} | "
+                f"{_ms([_f(r['scores']['tissue_hd95']) for r in rs], 2)} | "
+                f"{_ms([r['train_seconds'] for r in rs], 0)} |"
+            )
+        lines += ["", "## Dice per class (mean ± sd over seeds)", ""]
+        lines.append("| condition | " + " | ".join(SHORT_NAMES[c] for c in tissue) + " |")
+        lines.append("|---|" + "---:|" * len(tissue))
+        for name, rs in group(static).items():
+            cells = [_ms([_f(r["scores"]["dice"].get(str(c))) for r in rs]) for c in tissue]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        f = findings(static)
+        if f:
+            lines += ["", "## Findings (the paper's two, checked on this run)", ""] + [f"- {x}" for x in f]
+    if loop:
+        lines += [
+            "## Active-learning loop (mean ± sd over seeds)",
+            "",
+            "| strategy | round | annotated slices | scans | tissue Dice | all-class Dice | tissue HD95 (mm) "
+            "| train time (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for _key, rs in group(loop).items():
+            lines.append(
+                f"| {rs[0]['strategy']} | {rs[0]['round']} | {_ms([r['n_slices'] for r in rs], 0)} | "
+                f"{_ms([r['n_volumes'] for r in rs], 1)} | {_ms([_f(r['scores']['tissue_dice']) for r in rs])} | "
+                f"{_ms([_f(r['scores']['mean_dice']) for r in rs])} | "
+                f"{_ms([_f(r['scores']['tissue_hd95']) for r in rs], 2)} | {_ms([r['train_seconds'] for r in rs], 0)} |"
+            )
+    lines.append("")
+    lines.append("Class names: " + ", ".join(f"{SHORT_NAMES[c]} = {L.class_names()[c]}" for c in tissue)
+                 + ". Tissue = mean over these classes (backgrounds 0 and 4 excluded).")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, results: Sequence[dict], meta: dict) -> Path:
+    return atomic_write_text(path, markdown(results, meta))
+
+
+def _savefig(fig: Any, path: Path) -> Path:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def figures(out: Path, results: Sequence[dict]) -> list[Path]:
+    """``dice_by_condition.png``, ``dice_per_class.png`` (static) and ``learning_curve.png`` (loop)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    static = [r for r in results if r["mode"] == "static"]
+    if static:
+        g = group(static)
+        names = list(g)
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+        for i, name in enumerate(names):
+            vals = np.asarray([_f(r["scores"]["tissue_dice"]) for r in g[name]], dtype=float)
+            full = g[name][0]["condition"].get("full")
+            ax.bar(i, np.nanmean(vals), yerr=np.nanstd(vals, ddof=1) if vals.size > 1 else 0, capsize=4,
+                   color="#888888" if full else "#3a7bd5", alpha=0.85)
+            ax.scatter(np.full(vals.size, i), vals, color="k", s=12, zorder=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylabel("tissue Dice (test scans)")
+        ax.set_title("Tissue Dice by condition (mean ± sd over seeds; dots = seeds)")
+        lo = np.nanmin([_f(r["scores"]["tissue_dice"]) for r in static])
+        if not math.isnan(lo):
+            ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+        written.append(_savefig(fig, out / "dice_by_condition.png"))
+        plt.close(fig)
+
+        tissue = list(L.TISSUE)
+        fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(tissue) * max(1, len(names)) / 3), 4))
+        width = 0.8 / max(1, len(names))
+        for j, name in enumerate(names):
+            means = [np.nanmean([_f(r["scores"]["dice"].get(str(c))) for r in g[name]]) for c in tissue]
+            ax.bar(np.arange(len(tissue)) + j * width - 0.4 + width / 2, means, width, label=name)
+        ax.set_xticks(range(len(tissue)))
+        ax.set_xticklabels([SHORT_NAMES[c] for c in tissue])
+        ax.set_ylabel("Dice (test scans)")
+        ax.set_title("Dice per class and condition (mean over seeds)")
+        ax.legend(fontsize=7, ncol=2)
+        written.append(_savefig(fig, out / "dice_per_class.png"))
+        plt.close(fig)
+
+    loop = [r for r in results if r["mode"] == "loop"]
+    if loop:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        strategies = list(OrderedDict.fromkeys(r["strategy"] for r in loop))
+        for st in strategies:
+            rounds = sorted({r["round"] for r in loop if r["strategy"] == st})
+            xs, ys, es = [], [], []
+            for k in rounds:
+                rs = [r for r in loop if r["strategy"] == st and r["round"] == k]
+                vals = np.asarray([_f(r["scores"]["tissue_dice"]) for r in rs], dtype=float)
+                xs.append(np.mean([r["n_slices"] for r in rs]))
+                ys.append(np.nanmean(vals))
+                es.append(np.nanstd(vals, ddof=1) if vals.size > 1 else 0.0)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=st)
+        ax.set_xlabel("annotated slices")
+        ax.set_ylabel("tissue Dice (test scans)")
+        ax.set_title("Learning curve per strategy (mean ± sd over seeds)")
+        ax.legend()
+        written.append(_savefig(fig, out / "learning_curve.png"))
+        plt.close(fig)
+    return written

@@ -1,0 +1,358 @@
+"""The annotation process of one study set: which scan and slices next, leases, budget, rounds.
+
+Adapter only: the decisions are ``strategies.incremental.next_assignment`` / ``record_submission``
+over an ``AssignmentState`` that is persisted in ``<studies>/.neolabel/state.json``. This module
+gathers what they need (plan entries with each scan's brain slices, per-slice uncertainty scores
+from the served model), writes the ``original`` label that shows the assignment in Slicer, and
+formats the answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neonatal_app.lib.config import STRATEGY_KEYS, AppConfig, ConfError
+from neonatal_app.lib.state import STATE_DIR, StateStore, image_record
+from neonatal_app.lib.submission import SubmissionRejected, SubmissionResult
+from strategies.assignment import SliceAssignment
+from strategies.budget import BudgetConfig
+from strategies.extents import ExtentCache, PlanEntry, entry_from_arrays
+from strategies.incremental import (
+    AssignmentState,
+    new_state,
+    next_assignment,
+    record_submission,
+    to_utc,
+)
+from training.labels import BRAIN
+from training.nifti import load_volume, read_header
+
+log = logging.getLogger(__name__)
+
+BRAIN_MASK_TAG = "brain_mask"
+FRAME_VALUE = 4  # "background (inside head)": marks the assigned slices when no model exists yet
+
+
+def budget_config(settings: Mapping[str, Any], selection: str | None = None) -> BudgetConfig:
+    return BudgetConfig(
+        total_slices=int(settings["budget_total_slices"]),
+        dispersion=float(settings["budget_dispersion"]),
+        axis=str(settings["budget_axis"]),
+        margin=float(settings["budget_margin"]),
+        selection=selection or str(settings["budget_selection"]),
+        seed=int(settings["seed"]),
+    )
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """Foreground of an image by Otsu's threshold: the brain extent's fallback when no mask or model exists."""
+    from skimage.filters import threshold_otsu
+
+    img = np.asarray(image, dtype=np.float32)
+    finite = img[np.isfinite(img)]
+    if finite.size == 0 or finite.max() <= finite.min():
+        return np.zeros(img.shape, dtype=bool)
+    return img > threshold_otsu(finite)
+
+
+class AnnotationService:
+    """Next-sample answers, the open assignment of an image, and submissions → state."""
+
+    def __init__(
+        self,
+        studies: str | Path,
+        state: StateStore,
+        config: AppConfig,
+        predictor: Callable[[], Any] | None = None,
+        model_version: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.studies = Path(studies)
+        self.state = state
+        self.config = config
+        self.datastore = None  # set by the app once MONAI Label has built it
+        self._predictor = predictor or (lambda: None)
+        self._model_version = model_version or (lambda: None)
+        self._extents = ExtentCache(self.studies / STATE_DIR / "cache" / "plan_extents.json")
+        self._fallback: dict[str, tuple[str, PlanEntry]] = {}
+        self._scores: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
+        self._lock = threading.Lock()
+        self.last_reason: str | None = None
+        self._init_settings()
+
+    # ------------------------------------------------------------------ strategy settings
+    def _init_settings(self) -> None:
+        """Persisted settings win over defaults; keys given with ``--conf`` win over persisted ones."""
+        with self.state.update() as st:
+            saved = st.get("strategy") or {}
+            merged = self.config.strategy_settings()
+            for k in STRATEGY_KEYS:
+                if k in saved and k not in self.config.explicit:
+                    merged[k] = saved[k]
+            try:
+                AppConfig().with_updates(merged)
+            except ConfError as exc:
+                log.warning("ignoring invalid persisted strategy settings (%s); using --conf/defaults", exc)
+                merged = self.config.strategy_settings()
+            st["strategy"] = merged
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.state.read()["strategy"])
+
+    def update_settings(self, updates: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply the admin's edits (Slicer options table or API); invalid values raise ``SubmissionRejected``."""
+        changes = {}
+        for k, v in updates.items():
+            if k not in STRATEGY_KEYS or v is None or isinstance(v, list | dict):
+                continue  # a list is the unchanged choice list of the options table
+            changes[k] = v
+        if not changes:
+            return self.settings()
+        with self.state.update() as st:
+            current = AppConfig().with_updates(st["strategy"])
+            try:
+                new = current.with_updates(changes)
+            except ConfError as exc:
+                raise SubmissionRejected(f"invalid strategy setting: {exc}", 400) from None
+            st["strategy"] = new.strategy_settings()
+            return dict(st["strategy"])
+
+    # ------------------------------------------------------------------ assignment state
+    def _load_assignment_state(self, st: dict[str, Any], settings: Mapping[str, Any]) -> AssignmentState:
+        cfg = budget_config(settings)
+        raw = st.get("assignment")
+        if not raw:
+            return new_state(cfg)
+        a = AssignmentState.from_json(raw)
+        a.config = cfg  # the admin may have changed the budget since
+        return a
+
+    def budget_status(self) -> dict[str, Any]:
+        st = self.state.read()
+        a = self._load_assignment_state(st, st["strategy"])
+        now = datetime.now(timezone.utc)
+        leases = [lz for lz in a.leases if not lz.expired(now)]
+        n_images = len(self.datastore.list_images()) if self.datastore is not None else None
+        return {
+            "total_slices": int(a.config.total_slices),
+            "spent_slices": int(a.spent),
+            "leased_slices": int(sum(lz.n_slices for lz in leases)),
+            "remaining_slices": max(0, int(a.config.total_slices) - a.spent - sum(lz.n_slices for lz in leases)),
+            "scans_touched": len([i for i, axes in a.annotated.items() if any(axes.values())]),
+            "scans_total": n_images,
+            "rounds": int(sum(a.visits.values())),
+            "open_leases": [{"image": lz.image, "client_id": lz.client_id, "expires_at": lz.expires_at} for lz in leases],
+            "labels_saved": int(st.get("labels_saved", 0)),
+            "labels_since_train": int(st.get("labels_since_train", 0)),
+            "last_reason": self.last_reason,
+        }
+
+    def assignments_for(self, image_id: str) -> list[SliceAssignment] | None:
+        """The assignment a submission for ``image_id`` is checked against (open lease, else the last one
+        handed out and not yet submitted, so a late submission after the lease expired still counts)."""
+        st = self.state.read()
+        raw = st.get("assignment")
+        if raw:
+            a = AssignmentState.from_json(raw)
+            lease = a.lease_of(image=image_id)
+            if lease is not None:
+                return list(lease.assignments)
+        rec = st["images"].get(image_id) or {}
+        last = rec.get("last_assignment")
+        if last and not last.get("submitted"):
+            return [SliceAssignment.from_json(x) for x in last["parts"]]
+        return None
+
+    # ------------------------------------------------------------------ plan entries
+    def _image_ids(self) -> list[str]:
+        return sorted(self.datastore.list_images())
+
+    def entries(self) -> list[PlanEntry]:
+        """One entry per image with its brain slices: brain-mask label, else model prediction, else Otsu."""
+        out: list[PlanEntry] = []
+        version = self._model_version()
+        for image_id in self._image_ids():
+            image = Path(self.datastore.get_image_uri(image_id))
+            mask_uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
+            try:
+                if mask_uri and Path(mask_uri).is_file():
+                    shape, slices, _ = self._extents.brain_slices(mask_uri, "mask")
+                    _, affine = read_header(image)
+                    out.append(PlanEntry(image_id, shape, affine, slices))
+                    continue
+                cached = self._fallback.get(image_id)
+                if cached is not None and cached[0] == str(version):
+                    out.append(cached[1])
+                    continue
+                pred = self.prediction(image_id) if version is not None else None
+                if pred is not None:
+                    entry = entry_from_arrays(image_id, pred[1], label=pred[0])
+                else:
+                    vol = load_volume(image)
+                    entry = entry_from_arrays(image_id, vol.affine, mask=head_mask(vol.data))
+                if entry.has_brain:
+                    self._fallback[image_id] = (str(version), entry)
+                    out.append(entry)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot plan %s: %s", image_id, exc)
+        self._extents.save()
+        return out
+
+    # ------------------------------------------------------------------ model outputs (cached per model version)
+    def _pred_path(self, image_id: str) -> Path:
+        return self.studies / STATE_DIR / "cache" / "predictions" / f"{image_id}.nii.gz"
+
+    def prediction(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The served model's label for an image (cached on disk until the model changes)."""
+        version = self._model_version()
+        pred = self._predictor()
+        if pred is None or version is None:
+            return None
+        path = self._pred_path(image_id)
+        stamp = path.with_suffix(".version")
+        if path.is_file() and stamp.is_file() and stamp.read_text() == str(version):
+            v = load_volume(path)
+            return np.asarray(v.data, dtype=np.uint8), v.affine
+        from training.nifti import atomic_write_text, save_volume
+
+        label, affine = pred.predict([self.datastore.get_image_uri(image_id)])
+        save_volume(path, label, affine, dtype=np.uint8)
+        atomic_write_text(stamp, str(version))
+        return label, affine
+
+    def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
+        """Per-slice predictive entropy of every scan (``strategies.uncertainty.slice_scores``)."""
+        from strategies.uncertainty import slice_scores
+
+        version = self._model_version()
+        pred = self._predictor()
+        if pred is None or version is None:
+            return None
+        out = {}
+        for e in entries:
+            cached = self._scores.get(e.id)
+            if cached is not None and cached[0] == str(version):
+                out[e.id] = cached[1]
+                continue
+            probs, affine = pred.predict_probabilities([self.datastore.get_image_uri(e.id)])
+            brain = np.isin(np.argmax(probs, axis=0), np.asarray(BRAIN))
+            s = slice_scores(probs, affine, mask=brain)
+            self._scores[e.id] = (str(version), s)
+            out[e.id] = s
+        return out
+
+    # ------------------------------------------------------------------ next sample
+    def next_sample(self, strategy: str, selection: str | None, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Assign the next scan and slices to the requesting client; ``{}`` when there is nothing to do."""
+        if self.datastore is None:
+            raise RuntimeError("datastore not initialised")
+        settings = self.update_settings({k: request[k] for k in STRATEGY_KEYS if k in request})
+        client_id = str(request.get("client_id") or request.get("user") or "anonymous")
+        cfg = budget_config(settings, selection)
+        entries = self.entries()
+        scores = self.scores(entries) if cfg.selection == "uncertainty" else None
+        if cfg.selection == "uncertainty" and not scores:
+            log.info("%s: no model yet, uncertainty falls back to equidistant slices", strategy)
+            cfg = budget_config(settings, "equidistant")
+        now = datetime.now(timezone.utc)
+        with self._lock, self.state.update() as st:
+            a = self._load_assignment_state(st, settings)
+            persisted = a.config
+            a.config = cfg
+            res = next_assignment(a, entries, client_id, now, lease_seconds=float(settings["lease_minutes"]) * 60,
+                                  scores=scores)
+            res.state.config = persisted
+            st["assignment"] = res.state.to_json()
+            self.last_reason = res.reason if not res.assignments else None
+            if not res.assignments:
+                log.info("next sample for %s: none (%s)", client_id, res.reason)
+                return {}
+            image_id = res.image
+            lease = res.state.lease_of(image=image_id)
+            rec = image_record(st, image_id)
+            parts = [x.to_json() for x in res.assignments]
+            if not (rec.get("last_assignment") or {}).get("parts") == parts:
+                rec["last_assignment"] = {"parts": parts, "strategy": strategy, "client_id": client_id,
+                                          "submitted": False}
+        for x in res.assignments:
+            x.strategy = strategy
+        original = self.write_original(image_id, res.assignments)
+        slices = [{"axis": x.axis, "voxel_axis": x.voxel_axis, "indices": list(x.indices)} for x in res.assignments]
+        return {
+            "id": image_id,
+            "slices": slices,
+            "assignment": [x.to_json() for x in res.assignments],
+            "round": res.assignments[0].round,
+            "lease_expires_at": lease.expires_at if lease else None,
+            "original_label": original,
+            "instruction": instruction(image_id, res.assignments, original),
+            "budget": self.budget_status(),
+        }
+
+    def write_original(self, image_id: str, assignments: list[SliceAssignment]) -> str:
+        """Store the ``original`` label: model pre-segmentation on the assigned slices, 0 elsewhere."""
+        from strategies.masks import assignment_mask
+
+        shape, affine = read_header(self.datastore.get_image_uri(image_id))
+        mask = assignment_mask(shape, assignments)
+        out = np.zeros(shape, dtype=np.uint8)
+        pred = self.prediction(image_id)
+        if pred is not None:
+            out[mask] = pred[0][mask]
+            kind = "pre-segmentation"
+        else:
+            for x in assignments:  # a frame around each assigned slice makes it visible without a model
+                for i in x.indices:
+                    sl: list[Any] = [slice(None)] * 3
+                    sl[x.voxel_axis] = i
+                    plane = out[tuple(sl)]
+                    plane[0, :] = plane[-1, :] = plane[:, 0] = plane[:, -1] = FRAME_VALUE
+            kind = "frame"
+        self.datastore.store_label_array(
+            image_id, out, affine, "original",
+            {"assignment": [x.to_json() for x in assignments], "kind": kind, "internal": True},
+        )
+        return kind
+
+    # ------------------------------------------------------------------ submissions
+    def on_accepted(self, image_id: str, result: SubmissionResult, client_id: str, summary: dict) -> dict[str, Any]:
+        """Record an accepted submission: slices annotated, lease closed, round counted."""
+        with self._lock, self.state.update() as st:
+            rec = image_record(st, image_id)
+            if result.mode == "assignment":
+                a = self._load_assignment_state(st, st["strategy"])
+                done = [SliceAssignment(image_id, x["axis"], x["voxel_axis"], x["indices"]) for x in result.accepted]
+                a = record_submission(a, done)
+                a.config = budget_config(st["strategy"])
+                st["assignment"] = a.to_json()
+                if rec.get("last_assignment"):
+                    rec["last_assignment"]["submitted"] = True
+            rec["rounds"] = int(rec.get("rounds", 0)) + 1
+            rec["submissions"].append(
+                {k: summary[k] for k in ("raw_submission", "client_id", "saved_at", "mode", "slices_accepted",
+                                         "accepted", "ignored_voxels_outside_assignment") if k in summary}
+            )
+            st["labels_saved"] = int(st.get("labels_saved", 0)) + 1
+            st["labels_since_train"] = int(st.get("labels_since_train", 0)) + 1
+            round_ = rec["rounds"]
+        return {"round": round_, "budget": self.budget_status()}
+
+
+def instruction(image_id: str, assignments: list[SliceAssignment], original: str) -> str:
+    parts = "; ".join(
+        f"{x.axis} slices {', '.join(str(i) for i in x.indices)} (voxel axis {x.voxel_axis})" for x in assignments
+    )
+    shown = ("the 'original' label shows the model's pre-segmentation on them" if original == "pre-segmentation"
+             else "the 'original' label frames them")
+    return (f"Label {parts} of {image_id} completely (every voxel of each slice); {shown}. "
+            "Paint elsewhere is ignored; unpainted assigned slices return to the budget.")
+
+
+def _unused(*_: Any) -> None:  # keep ``to_utc`` imported for callers that parse lease times
+    to_utc(datetime.now(timezone.utc))

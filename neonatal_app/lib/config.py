@@ -1,0 +1,208 @@
+"""Every ``--conf key value`` of the app, parsed once into a typed, validated :class:`AppConfig`.
+
+MONAI Label hands an app its ``--conf`` pairs as a ``dict[str, str]``. Parsing them in one place
+means a typo or a bad value fails at server start with a message that names the key and what is
+allowed, instead of surfacing later inside a request. ``docs/CONF.md`` is generated from the
+field table below (:func:`conf_table_markdown`), so the README cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESETS = ("tiny", "cpu", "paper")
+AXIS_CHOICES = ("sagittal", "coronal", "axial", "random", "mixed")
+SELECTION_CHOICES = ("equidistant", "random", "uncertainty")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+INIT_CHOICES = ("served", "scratch")
+# Keys MONAI Label itself may put into the conf dict; accepted and ignored.
+MONAI_LABEL_KEYS = frozenset({"server_mode"})
+# Admin-editable annotation strategy keys: persisted with the study set (see lib/state.py).
+STRATEGY_KEYS = (
+    "budget_total_slices",
+    "budget_dispersion",
+    "budget_axis",
+    "budget_margin",
+    "budget_selection",
+    "seed",
+    "lease_minutes",
+)
+
+
+class ConfError(ValueError):
+    """A ``--conf`` key that is unknown or a value that cannot be used; the message says which."""
+
+
+def _bool(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            f = float(str(value).strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if f != int(f):
+            raise ValueError("expected an integer")
+        n = int(f)
+        if lo is not None and n < lo:
+            raise ValueError(f"must be ≥ {lo}")
+        if hi is not None and n > hi:
+            raise ValueError(f"must be ≤ {hi}")
+        return n
+
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            f = float(str(value).strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if f != f or f in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if lo is not None and (f <= lo if lo_open else f < lo):
+            raise ValueError(f"must be {'>' if lo_open else '≥'} {lo}")
+        if hi is not None and f > hi:
+            raise ValueError(f"must be ≤ {hi}")
+        return f
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        v = str(value).strip().lower()
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def _text(value: str) -> str:
+    return str(value).strip()
+
+
+def _conf(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Typed app configuration; build it with :meth:`from_conf`."""
+
+    # --- model / training
+    preset: str = _conf("cpu", _choice(PRESETS), "Network preset when a model is trained from scratch (tiny, cpu, paper).")
+    epochs: int = _conf(10, _int(1, 10000), "Epochs of one retraining run (`/train`, count or schedule trigger).")
+    train_from: str = _conf(
+        "served", _choice(INIT_CHOICES), "Retraining starts from the served model (`served`) or from scratch."
+    )
+    device: str = _conf("auto", _choice(DEVICE_CHOICES), "Device for training and inference; auto = CUDA if present.")
+    validation_dir: str = _conf(
+        "",
+        _text,
+        "Folder (dHCP tree or MONAI Label layout) of fully labelled scans; a retrained model that is "
+        "worse on it than the served one is not published. Empty = no check.",
+    )
+    pretrained: str = _conf(
+        "",
+        _text,
+        "Local checkpoint published as the first model when the study set has none (never downloaded).",
+    )
+    # --- annotation budget strategy (persisted with the study set, editable in Slicer's options table)
+    budget_total_slices: int = _conf(200, _int(1), "Total 2D slices the annotators are asked to label.")
+    budget_dispersion: float = _conf(
+        0.33, _float(0.0, 1.0, lo_open=True), "Fraction of a scan's usable slices one scan receives (1.0 = whole scans)."
+    )
+    budget_axis: str = _conf("axial", _choice(AXIS_CHOICES), "Slicing axis: sagittal, coronal, axial, random, mixed.")
+    budget_margin: float = _conf(
+        0.1, _float(0.0, 0.49), "Fraction of the brain's extent along the axis excluded at each end."
+    )
+    budget_selection: str = _conf(
+        "equidistant", _choice(SELECTION_CHOICES), "How slices are chosen within a scan: equidistant, random, uncertainty."
+    )
+    seed: int = _conf(0, _int(0), "Seed of every random choice (same config + seed = same plan).")
+    lease_minutes: float = _conf(
+        60.0, _float(0.0, lo_open=True), "How long a served scan is reserved for the annotator who received it."
+    )
+    # --- retraining triggers
+    retrain_every_labels: int = _conf(0, _int(0), "Start a retraining after every N saved labels (0 = off).")
+    retrain_interval_minutes: float = _conf(
+        0.0, _float(0.0), "Start a retraining every N minutes when new labels arrived since the last one (0 = off)."
+    )
+    # --- inference
+    infer_fast: bool = _conf(True, _bool, "Fast inference (fewer sliding-window overlaps); false = paper settings.")
+
+    explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    """The keys that were given on the command line (they override persisted strategy settings)."""
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if "parse" in f.metadata]
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any] | None) -> AppConfig:
+        """Parse MONAI Label's conf dict; unknown keys and bad values raise :class:`ConfError`."""
+        conf = dict(conf or {})
+        known = {f.name: f for f in dataclasses.fields(cls) if "parse" in f.metadata}
+        unknown = sorted(k for k in conf if k not in known and k not in MONAI_LABEL_KEYS)
+        if unknown:
+            raise ConfError(f"unknown --conf key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+        values: dict[str, Any] = {}
+        errors = []
+        for key, value in conf.items():
+            if key in MONAI_LABEL_KEYS:
+                continue
+            try:
+                values[key] = known[key].metadata["parse"](value)
+            except ValueError as exc:
+                errors.append(f"--conf {key} {value!r}: {exc}")
+        if errors:
+            raise ConfError("; ".join(errors))
+        return cls(**values, explicit=frozenset(values))
+
+    def with_updates(self, updates: Mapping[str, Any]) -> AppConfig:
+        """A copy with some keys replaced; values are parsed and validated like ``--conf`` values."""
+        known = {f.name: f for f in dataclasses.fields(self) if "parse" in f.metadata}
+        values: dict[str, Any] = {}
+        errors = []
+        for key, value in updates.items():
+            if key not in known:
+                raise ConfError(f"unknown setting {key!r}; known: {', '.join(known)}")
+            try:
+                values[key] = known[key].metadata["parse"](str(value))
+            except ValueError as exc:
+                errors.append(f"{key}={value!r}: {exc}")
+        if errors:
+            raise ConfError("; ".join(errors))
+        return dataclasses.replace(self, **values)
+
+    def strategy_settings(self) -> dict[str, Any]:
+        """The admin-editable strategy settings (persisted with the study set)."""
+        return {k: getattr(self, k) for k in STRATEGY_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.keys()}
+
+
+def conf_table_markdown() -> str:
+    """The README table of every ``--conf`` key with its default."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(AppConfig):
+        if "parse" not in f.metadata:
+            continue
+        default = f.default
+        shown = "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+        rows.append(f"| `{f.name}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,257 @@
+"""The synthetic dHCP-like generator: layout, anatomy, contrasts, determinism and difficulty."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from training.labels import BRAIN, NUM_CLASSES, TISSUE
+from training.nifti import load_volume
+from training.synthetic import (
+    IMAGE_SUFFIXES,
+    SyntheticError,
+    generate_subject,
+    subject_info,
+    write_studies_folder,
+    write_study_set,
+)
+
+SHAPE = (32, 40, 40)
+SPACING = 3.4
+N = 8
+SUFFIXES = (*IMAGE_SUFFIXES, "desc-brain_mask", "desc-drawem9_dseg")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "set_a"
+    anat_dirs = write_study_set(root, N, shape=SHAPE, spacing=SPACING, seed=3)
+    return root, anat_dirs
+
+
+def _read_tsv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _labels(anat_dirs):
+    out = []
+    for anat in anat_dirs:
+        (path,) = anat.glob("*_desc-drawem9_dseg.nii.gz")
+        out.append(load_volume(path).data)
+    return out
+
+
+def _all_files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_metadata(study):
+    root, anat_dirs = study
+    parts = _read_tsv(root / "participants.tsv")
+    assert [r["participant_id"] for r in parts] == [f"SYN{k + 1:04d}" for k in range(N)]
+    assert set(parts[0]) == {"participant_id", "sex", "birth_age"}
+    assert len(anat_dirs) == N
+    for k, (row, anat) in enumerate(zip(parts, anat_dirs, strict=True)):
+        sub = f"sub-{row['participant_id']}"
+        sessions = _read_tsv(root / sub / f"{sub}_sessions.tsv")
+        assert len(sessions) == 1
+        assert set(sessions[0]) == {"session_id", "scan_age", "scan_head_circumference"}
+        ses = sessions[0]["session_id"]
+        assert ses.isdigit()
+        assert anat == root / sub / f"ses-{ses}" / "anat"
+        for sfx in SUFFIXES:
+            assert (anat / f"{sub}_ses-{ses}_{sfx}.nii.gz").is_file()
+        age = float(sessions[0]["scan_age"])
+        assert 26.0 <= age <= 45.5 and float(row["birth_age"]) <= age
+        assert row["sex"] in ("male", "female")
+        assert age == pytest.approx(subject_info(k, 3).scan_age)
+
+
+def test_every_subject_has_all_classes_and_mask_matches(study):
+    root, anat_dirs = study
+    for anat in anat_dirs:
+        lab = load_volume(next(anat.glob("*_desc-drawem9_dseg.nii.gz"))).data
+        mask = load_volume(next(anat.glob("*_desc-brain_mask.nii.gz"))).data
+        assert lab.dtype == np.uint8 and mask.dtype == np.uint8 and lab.shape == SHAPE
+        counts = np.bincount(lab.ravel(), minlength=NUM_CLASSES)
+        assert len(counts) == NUM_CLASSES and (counts > 0).all(), counts
+        np.testing.assert_array_equal(mask, np.isin(lab, BRAIN).astype(np.uint8))
+
+
+def test_ages_spread_and_head_grows_with_age(study):
+    root, anat_dirs = study
+    ages = [subject_info(k, 3).scan_age for k in range(N)]
+    assert min(ages) < 37.0 and max(ages) > 40.0  # preterm and term subjects in any 8
+    head = [int((lab != 0).sum()) for lab in _labels(anat_dirs)]
+    assert spearmanr(ages, head).statistic > 0.8
+    # the same individual (seed) at increasing ages: head and brain strictly grow
+    subs = [generate_subject(a, 11, SHAPE, SPACING) for a in (27.0, 33.0, 40.0, 44.0)]
+    head = [int((s.label != 0).sum()) for s in subs]
+    brain = [int(s.brain_mask.sum()) for s in subs]
+    assert head == sorted(head) and len(set(head)) == 4
+    assert brain == sorted(brain) and len(set(brain)) == 4
+    # ventricles are relatively larger in preterm brains
+    vent = [(s.label == 5).sum() / s.brain_mask.sum() for s in subs]
+    assert vent[0] > vent[-1]
+
+
+def test_ras_affine_and_sagittal_axis(study):
+    root, anat_dirs = study
+    img = nib.load(next(anat_dirs[0].glob("*_desc-restore_T2w.nii.gz")))
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.sqrt((img.affine[:3, :3] ** 2).sum(0)), [SPACING] * 3)
+    np.testing.assert_allclose(img.affine @ ([(n - 1) / 2 for n in SHAPE] + [1]), [0, 0, 0, 1], atol=1e-4)
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    # anatomy agrees with the axes: the brain is narrower left-right (axis 0) than front-back (axis 1),
+    # the cerebellum lies posterior-inferior of the deep grey matter
+    lab = load_volume(next(anat_dirs[0].glob("*_desc-drawem9_dseg.nii.gz"))).data
+    idx = np.argwhere(np.isin(lab, BRAIN))
+    extent = idx.max(0) - idx.min(0)
+    assert extent[0] < extent[1]
+    cb, dgm = np.argwhere(lab == 6).mean(0), np.argwhere(lab == 7).mean(0)
+    assert cb[1] < dgm[1] and cb[2] < dgm[2]
+    # left and right halves both hold hippocampus and deep grey matter (bilateral structures)
+    mid = SHAPE[0] // 2
+    for c in (7, 9):
+        assert (lab[:mid] == c).any() and (lab[mid:] == c).any()
+
+
+def test_same_seed_identical_files_different_seed_differs(study, tmp_path):
+    root, _ = study
+    again = tmp_path / "again"
+    write_study_set(again, N, shape=SHAPE, spacing=SPACING, seed=3)
+    a, b = _all_files(root), _all_files(again)
+    assert a.keys() == b.keys() and len(a) == 1 + N * (1 + len(SUFFIXES))
+    assert all(a[k] == b[k] for k in a)
+    # subject k does not depend on how many subjects are written
+    few = tmp_path / "few"
+    write_study_set(few, 2, shape=SHAPE, spacing=SPACING, seed=3)
+    for k, v in _all_files(few).items():
+        if k.name != "participants.tsv":
+            assert a[k] == v
+    other = tmp_path / "other"
+    write_study_set(other, 2, shape=SHAPE, spacing=SPACING, seed=4)
+    lab_a = load_volume(next(root.rglob("sub-SYN0001_*_desc-drawem9_dseg.nii.gz"))).data
+    lab_o = load_volume(next(other.rglob("sub-SYN0001_*_desc-drawem9_dseg.nii.gz"))).data
+    assert not np.array_equal(lab_a, lab_o)
+    s1 = generate_subject(40.0, 1, SHAPE, SPACING)
+    s2 = generate_subject(40.0, 2, SHAPE, SPACING)
+    assert not np.array_equal(s1.t2w, s2.t2w)
+
+
+def _class_mean(img, lab, c):
+    return float(img[lab == c].mean())
+
+
+@pytest.mark.parametrize("age", [30.0, 41.0])
+def test_neonatal_contrasts_t1_inverted(age):
+    s = generate_subject(age, 5)  # default shape: 2 mm, where the cortical ribbon is resolvable
+    for img in (s.t2w, s.t1w, s.t2w_raw, s.t1w_raw):
+        assert img.dtype == np.float32 and np.isfinite(img).all() and img.shape == s.label.shape
+    t2 = {c: _class_mean(s.t2w, s.label, c) for c in range(NUM_CLASSES)}
+    t1 = {c: _class_mean(s.t1w, s.label, c) for c in range(NUM_CLASSES)}
+    # T2: fluid brightest, unmyelinated WM brighter than cortex and deep GM; T1 the other way round
+    assert t2[5] > t2[3] > t2[7] and t2[1] > t2[3] > t2[2] and t2[0] < t2[2]
+    assert t1[5] < t1[3] < t1[7] and t1[1] < t1[3] < t1[2]
+
+
+def test_raw_images_carry_a_strong_bias_field():
+    s = generate_subject(40.0, 6)
+    head = s.label != 0
+    ratio = np.log(s.t2w_raw[head] / np.maximum(s.t2w[head], 1e-3))
+    assert ratio.std() > 0.15  # raw / restore is a strong smooth field
+    wm = s.label == 3
+    cv = lambda a: a[wm].std() / a[wm].mean()  # noqa: E731
+    assert cv(s.t2w_raw) > 1.3 * cv(s.t2w)
+
+
+def _gaussian_bayes_balanced_accuracy(x, y, classes):
+    """Best-case intensity-only classifier: a full-covariance Gaussian per class fitted on the same
+    voxels it is scored on, equal priors; returns balanced accuracy."""
+    scores = []
+    for c in classes:
+        xc = x[y == c]
+        mu = xc.mean(0)
+        cov = np.cov(xc.T) + 1e-6 * np.eye(x.shape[1])
+        inv = np.linalg.inv(cov)
+        d = x - mu
+        scores.append(-0.5 * np.einsum("ij,jk,ik->i", d, inv, d) - 0.5 * np.log(np.linalg.det(cov)))
+    pred = np.asarray(classes)[np.argmax(scores, axis=0)]
+    return float(np.mean([(pred[y == c] == c).mean() for c in classes]))
+
+
+@pytest.mark.parametrize("age", [29.0, 40.0])
+def test_intensity_alone_cannot_separate_the_classes(age):
+    s = generate_subject(age, 7)
+    tissue = np.isin(s.label, TISSUE)
+    x = np.stack([s.t2w[tissue], s.t1w[tissue]], axis=1).astype(np.float64)
+    y = s.label[tissue]
+    bacc = _gaussian_bayes_balanced_accuracy(x, y, list(TISSUE))
+    assert 0.2 < bacc < 0.85, bacc
+    # all ten classes, the two backgrounds included, are not separable either
+    allx = np.stack([s.t2w.ravel(), s.t1w.ravel()], axis=1).astype(np.float64)
+    assert _gaussian_bayes_balanced_accuracy(allx, s.label.ravel(), list(range(NUM_CLASSES))) < 0.85
+
+
+def test_studies_folder_matches_study_set(study, tmp_path):
+    root, anat_dirs = study
+    ids = write_studies_folder(tmp_path / "studies", 3, shape=SHAPE, spacing=SPACING, seed=3)
+    assert ids == [subject_info(k, 3).image_id for k in range(3)] and ids[0] == "sub-SYN0001_ses-1001"
+    for k, i in enumerate(ids):
+        img = load_volume(tmp_path / "studies" / f"{i}.nii.gz")
+        lab = load_volume(tmp_path / "studies" / "labels" / "final" / f"{i}.nii.gz")
+        ref = load_volume(anat_dirs[k] / f"{i}_desc-restore_T2w.nii.gz")
+        np.testing.assert_array_equal(img.data, ref.data)
+        np.testing.assert_array_equal(lab.data, _labels([anat_dirs[k]])[0])
+        np.testing.assert_allclose(img.affine, lab.affine)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"subjects": 0},
+        {"subjects": 2.5},
+        {"shape": (32, 40)},
+        {"shape": (4, 40, 40)},
+        {"spacing": -1.0},
+        {"spacing": float("nan")},
+    ],
+)
+def test_bad_arguments_raise_and_write_nothing(tmp_path, kwargs):
+    args = {"subjects": 2, "shape": SHAPE, "spacing": SPACING, "seed": 0} | kwargs
+    out = tmp_path / "out"
+    with pytest.raises(SyntheticError):
+        write_study_set(out, **args)
+    with pytest.raises(ValueError):
+        write_studies_folder(out, **args)
+    assert not out.exists()
+
+
+def test_bad_age_raises():
+    with pytest.raises(SyntheticError, match="scan_age"):
+        generate_subject(60.0, 0, SHAPE, SPACING)
+    with pytest.raises(SyntheticError):
+        generate_subject("old", 0, SHAPE, SPACING)
+
+
+def test_cli_synth(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.commands.synth import synth
+
+    app = typer.Typer()
+    app.command()(synth)
+    out = tmp_path / "cli"
+    args = [str(out), "--subjects", "2", "--shape", "32", "40", "40", "--spacing", "3.4", "--seed", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "voxel fractions" in res.output and "scan age" in res.output
+    assert len(list(out.rglob("*_desc-drawem9_dseg.nii.gz"))) == 2
+    res = CliRunner().invoke(app, [str(tmp_path / "bad"), "--subjects", "0"])
+    assert res.exit_code != 0 and not (tmp_path / "bad").exists()

@@ -1,0 +1,1 @@
+"""neolabel training core (light: no heavy imports here)."""
