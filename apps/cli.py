@@ -31,7 +31,9 @@ app = typer.Typer(
 )
 
 for _name, (_module, _func) in COMMANDS.items():
-    app.command(_name)(getattr(importlib.import_module(f"apps.commands.{_module}"), _func))
+    _fn = getattr(importlib.import_module(f"apps.commands.{_module}"), _func)
+    # a command may ask for click context settings (serve parses repeated `--conf KEY VALUE` pairs itself)
+    app.command(_name, context_settings=getattr(_fn, "context_settings", None))(_fn)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ image's own grid, so a server can build the annotation mask without knowing the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +49,6 @@ class SliceAssignment:
     round: int = 0
     assigned_to: str | None = None
     assigned_at: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, str) or not self.image:

@@ -259,7 +259,10 @@ def volume_capacity(
     ann = annotated or {}
     avail = 0
     for ax in axes:
-        done = entry.frames[ax].to_canonical(np.asarray(ann.get(ax, ()), dtype=np.int64))
+        if not ann.get(ax):
+            avail += int(usable[ax].size)
+            continue
+        done = entry.frames[ax].to_canonical(np.asarray(ann[ax], dtype=np.int64))
         avail += int(np.setdiff1d(usable[ax], done).size)
     basis = float(np.mean([usable[ax].size for ax in axes]))
     return avail, basis
@@ -329,8 +332,9 @@ def plan_budget(entries: Sequence[PlanEntry], cfg: BudgetConfig, scores: Scores 
         raise BudgetError("selection 'uncertainty' needs per-slice scores (strategies.uncertainty.slice_scores)")
     skipped: list[tuple[str, str]] = []
     usable_entries = []
+    capacities = {e.id: volume_capacity(e, cfg) for e in entries}
     for e in entries:
-        avail, _ = volume_capacity(e, cfg)
+        avail, _ = capacities[e.id]
         if avail == 0:
             skipped.append((e.id, f"no brain slices along {cfg.axis} within the margins"))
         else:
@@ -339,7 +343,7 @@ def plan_budget(entries: Sequence[PlanEntry], cfg: BudgetConfig, scores: Scores 
     assignments: list[SliceAssignment] = []
     capacity = 0
     for e in ordered_entries(usable_entries, cfg, scores):
-        avail, basis = volume_capacity(e, cfg)
+        avail, basis = capacities[e.id]
         quota = min(cfg.quota(basis), avail)
         capacity += quota
         if left <= 0:

@@ -65,6 +65,7 @@ class PlanEntry:
     brain_slices_per_voxel_axis: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     scan_age: float | None = None
     _frames: dict = field(default=None, init=False, repr=False)  # type: ignore[assignment]
+    _canonical: dict = field(default=None, init=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -89,6 +90,12 @@ class PlanEntry:
                 raise ExtentError(f"{self.id}: brain slice index out of range on voxel axis {v} (size {shape[v]})")
             slices.append(arr)
         object.__setattr__(self, "brain_slices_per_voxel_axis", tuple(slices))
+        canonical = {}
+        for name, frame in frames.items():
+            arr = np.sort(frame.to_canonical(np.asarray(slices[frame.voxel_axis], dtype=np.int64)))
+            arr.setflags(write=False)
+            canonical[name] = arr
+        object.__setattr__(self, "_canonical", canonical)
         if self.scan_age is not None:
             age = float(self.scan_age)
             object.__setattr__(self, "scan_age", age if np.isfinite(age) else None)
@@ -104,9 +111,7 @@ class PlanEntry:
 
     def brain_slices(self, axis: str) -> np.ndarray:
         """Canonical indices (counted from left/posterior/inferior) of the slices containing brain."""
-        frame = self._frames[check_axis_name(axis)]
-        vox = np.asarray(self.brain_slices_per_voxel_axis[frame.voxel_axis], dtype=np.int64)
-        return np.sort(frame.to_canonical(vox))
+        return self._canonical[check_axis_name(axis)]
 
     def usable_slices(self, axis: str, margin: float = 0.0) -> np.ndarray:
         """Canonical indices of brain slices outside the margins (see :func:`margin_window`)."""
@@ -200,16 +205,19 @@ def entry_from_arrays(
 
 
 class ExtentCache:
-    """JSON cache of brain slices per file, keyed by absolute path + mtime (ns) + size.
+    """JSON cache of brain slices (and image headers) per file, keyed by absolute path + mtime + size.
 
-    ``hits``/``misses`` count lookups so callers (and tests) can see that each file was read
-    at most once. ``save()`` writes atomically; an unwritable location only disables saving.
+    ``hits``/``misses`` count brain-slice lookups (``header_hits``/``header_misses`` image headers),
+    so callers (and tests) can see that each file was read at most once. ``save()`` writes
+    atomically; an unwritable location only disables saving.
     """
 
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = Path(path) if path is not None else None
         self.hits = 0
         self.misses = 0
+        self.header_hits = 0
+        self.header_misses = 0
         self._data: dict[str, dict[str, Any]] = {}
         self._dirty = False
         if self.path is not None and self.path.is_file():
@@ -253,6 +261,22 @@ class ExtentCache:
         self._dirty = True
         return tuple(int(s) for s in data.shape), slices, np.asarray(vol.affine, dtype=float)  # type: ignore[return-value]
 
+    def header(self, path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+        """``(shape, affine)`` of an image file, from the cache when the file is unchanged."""
+        from training.nifti import read_header
+
+        p = Path(path)
+        name, stamp = self._key(p)
+        entry = self._data.get(name)
+        if entry is not None and entry.get("stamp") == stamp and entry.get("kind") == "header":
+            self.header_hits += 1
+            return tuple(entry["shape"]), np.asarray(entry["affine"], dtype=float)
+        self.header_misses += 1
+        shape, affine = read_header(p)
+        self._data[name] = {"stamp": stamp, "kind": "header", "shape": list(shape), "affine": affine.tolist()}
+        self._dirty = True
+        return tuple(shape), affine
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
@@ -289,8 +313,6 @@ def entries_from_dataset(
     """
     if source not in ("auto", "mask", "label"):
         raise ExtentError(f"unknown brain source {source!r}; expected auto, mask or label")
-    from training.nifti import read_header
-
     if cache is None:
         cache = ExtentCache(default_cache_path(dataset.root, cache_dir))
     subs = list(subjects) if subjects is not None else list(dataset.subjects)
@@ -308,7 +330,7 @@ def entries_from_dataset(
         path, kind = candidates[0]
         try:
             shape, slices, affine = cache.brain_slices(path, kind)
-            img_shape, img_affine = read_header(s.image)
+            img_shape, img_affine = cache.header(s.image)
         except (OSError, ValueError) as exc:
             skipped.append((s.id, f"cannot read {kind} ({exc})"))
             continue

@@ -190,3 +190,26 @@ def test_duplicate_ids_and_uncertainty_without_scores_are_errors() -> None:
         plan_budget([ENTRIES[0], ENTRIES[0]], BudgetConfig(3))
     with pytest.raises(BudgetError, match="scores"):
         plan_budget(ENTRIES, BudgetConfig(3, selection="uncertainty"))
+
+
+def test_strategies_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import strategies.axes, strategies.assignment, strategies.budget, strategies.extents\n"
+        "import strategies.incremental, strategies.masks, strategies.random_fg, strategies.uncertainty\n"
+        "bad = [m for m in ('torch', 'monai', 'monailabel') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scan_order_with_partly_unknown_ages() -> None:
+    ids = [f"s{i}" for i in range(15)]
+    ages = [None if i % 3 == 0 else 30.0 + i for i in range(15)]
+    a = scan_order(ids, ages, 1)
+    assert sorted(a) == sorted(ids)
+    assert a == scan_order(list(reversed(ids)), list(reversed(ages)), 1)
+    assert a != scan_order(ids, ages, 2)

@@ -23,6 +23,7 @@ from training.synthetic import (
 SHAPE = (32, 40, 40)
 SPACING = 3.4
 N = 8
+FINE = ((48, 64, 64), 2.25)  # same field of view as dHCP, fine enough to resolve the cortical ribbon
 SUFFIXES = (*IMAGE_SUFFIXES, "desc-brain_mask", "desc-drawem9_dseg")
 
 
@@ -150,7 +151,7 @@ def _class_mean(img, lab, c):
 
 @pytest.mark.parametrize("age", [30.0, 41.0])
 def test_neonatal_contrasts_t1_inverted(age):
-    s = generate_subject(age, 5)  # default shape: 2 mm, where the cortical ribbon is resolvable
+    s = generate_subject(age, 5, *FINE)
     for img in (s.t2w, s.t1w, s.t2w_raw, s.t1w_raw):
         assert img.dtype == np.float32 and np.isfinite(img).all() and img.shape == s.label.shape
     t2 = {c: _class_mean(s.t2w, s.label, c) for c in range(NUM_CLASSES)}
@@ -161,7 +162,7 @@ def test_neonatal_contrasts_t1_inverted(age):
 
 
 def test_raw_images_carry_a_strong_bias_field():
-    s = generate_subject(40.0, 6)
+    s = generate_subject(40.0, 6, *FINE)
     head = s.label != 0
     ratio = np.log(s.t2w_raw[head] / np.maximum(s.t2w[head], 1e-3))
     assert ratio.std() > 0.15  # raw / restore is a strong smooth field
@@ -187,7 +188,7 @@ def _gaussian_bayes_balanced_accuracy(x, y, classes):
 
 @pytest.mark.parametrize("age", [29.0, 40.0])
 def test_intensity_alone_cannot_separate_the_classes(age):
-    s = generate_subject(age, 7)
+    s = generate_subject(age, 7, *FINE)
     tissue = np.isin(s.label, TISSUE)
     x = np.stack([s.t2w[tissue], s.t1w[tissue]], axis=1).astype(np.float64)
     y = s.label[tissue]

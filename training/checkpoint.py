@@ -81,7 +81,7 @@ def save_checkpoint(
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": {"checkpoint": CHECKPOINT_VERSION, "labels": LABEL_VERSION, "package": _package_version(),
-                    "torch": torch.__version__},
+                    "torch": str(torch.__version__)},
         "state_dict": state,
         "network": network.to_dict(),
         "preprocess": preprocess.to_dict(),

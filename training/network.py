@@ -60,6 +60,7 @@ class NetworkConfig:
     deep_supervision: bool = True
     deep_supr_num: int = 3
     res_block: bool = True
+    age_head: bool = False  # AgeU-Net: scan-age regression head on the bottleneck (training/age.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,7 +132,7 @@ def build_network(cfg: NetworkConfig):  # -> monai.networks.nets.DynUNet
     """Residual DynUNet, instance norm, LeakyReLU, deep supervision (heads returned in train mode)."""
     from monai.networks.nets import DynUNet
 
-    return DynUNet(
+    net = DynUNet(
         spatial_dims=3,
         in_channels=cfg.in_channels,
         out_channels=cfg.out_channels,
@@ -146,3 +147,8 @@ def build_network(cfg: NetworkConfig):  # -> monai.networks.nets.DynUNet
         res_block=cfg.res_block,
         trans_bias=True,
     )
+    if cfg.age_head:
+        from training.age import attach_age_head
+
+        attach_age_head(net)
+    return net

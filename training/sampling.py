@@ -156,18 +156,20 @@ class PatchDataset:
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        case = self.cases[int(rng.integers(len(self.cases)))]
+        case_index = int(rng.integers(len(self.cases)))
+        case = self.cases[case_index]
         start = sample_patch_start(case.label.shape, tuple(self.patch), case.candidates, rng, self.cfg)
         ctx_start, ctx_size = start - self.margin, self.patch + 2 * self.margin
         image = crop_padded(case.image, ctx_start, ctx_size, 0.0)
         label = crop_padded(case.label, ctx_start, ctx_size, 0)[None].astype(np.float32)
-        return {"image": image, "label": label, "seed": int(rng.integers(2**31 - 1))}
+        return {"image": image, "label": label, "seed": int(rng.integers(2**31 - 1)), "case": case_index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
         item = self.sample(index)
         seed = item.pop("seed")
+        case_index = item.pop("case")  # which case the patch came from (per-case targets, e.g. scan age)
         if self.augment is not None:
             self.augment.set_random_state(seed=seed)
             item = self.augment(item)
@@ -175,7 +177,7 @@ class PatchDataset:
         label = _plain_tensor(item["label"]).round().to(torch.uint8)
         if image.shape[1:] != tuple(self.patch):  # no augmentation: context margin is 0 → exact patch
             raise RuntimeError(f"patch has shape {tuple(image.shape[1:])}, expected {tuple(self.patch)}")
-        return {"image": image.contiguous(), "label": label.contiguous()}
+        return {"image": image.contiguous(), "label": label.contiguous(), "case": case_index}
 
 
 def _plain_tensor(x: Any):

@@ -312,9 +312,9 @@ def generate_subject(
             return tuple(max(ri, 0.75 * sp / axes[i]) for i, ri in enumerate(r))
 
         dgm = (
-            (_ell(au, cv, cw, (0.14, -0.12, -0.03), fl((0.15, 0.22, 0.16))) < 1)  # thalami
-            | (_ell(au, cv, cw, (0.31, 0.08, 0.0), fl((0.09, 0.24, 0.16))) < 1)  # lentiform nuclei
-            | (_ell(au, cv, cw, (0.17, 0.26, 0.12), fl((0.07, 0.15, 0.12))) < 1)  # caudate heads
+            (_ell(au, cv, cw, (0.14, -0.12, -0.03), fl((0.16, 0.24, 0.17))) < 1)  # thalami
+            | (_ell(au, cv, cw, (0.32, 0.08, 0.0), fl((0.1, 0.26, 0.17))) < 1)  # lentiform nuclei
+            | (_ell(au, cv, cw, (0.18, 0.26, 0.12), fl((0.08, 0.16, 0.13))) < 1)  # caudate heads
         )
         cl[dgm & inside] = 7
         hip_w = f32(-0.32) - f32(0.4) * (cv + f32(0.12))  # posterior end rises

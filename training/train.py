@@ -76,6 +76,9 @@ class TrainConfig:
     resume: bool = False
     time_limit_s: float | None = None  # stop (after the current epoch's checkpoint) once exceeded
     tensorboard: bool = True
+    freeze: str = "full"  # transfer learning: none|shallow|medium|deep|full|scratch (training/finetune.py)
+    age_head: bool = False  # AgeU-Net: + scan-age regression head, loss += age_weight · MSE (training/age.py)
+    age_weight: float = 0.01
 
     def resolved(self) -> TrainConfig:
         """Copy with preset defaults filled in (what gets stored in checkpoints)."""
@@ -96,6 +99,12 @@ class TrainConfig:
         if isinstance(self.sampling, dict):
             d["sampling"] = SamplingConfig.from_dict(self.sampling)
         d["modalities"] = tuple(self.modalities)
+        from training.finetune import FreezeError, check_level
+
+        try:
+            d["freeze"] = check_level(self.freeze)
+        except FreezeError as exc:
+            raise TrainError(str(exc)) from exc
         return TrainConfig(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +231,12 @@ def train(
 
     cfg = cfg.resolved()
     out = Path(out_dir)
+    if cfg.freeze == "none":  # transfer level "no fine-tuning": publish the init checkpoint as it is
+        if init is None:
+            raise TrainError("freeze level 'none' needs an init checkpoint")
+        from training.finetune import copy_without_training
+
+        return copy_without_training(init, out, cfg.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -236,6 +251,7 @@ def train(
 
     pcfg = PreprocessConfig(modalities=tuple(cfg.modalities), crop_margin_mm=cfg.crop_margin_mm)
     net_cfg = network_config(cfg.preset, in_channels=len(cfg.modalities), patch_size=cfg.patch_size)
+    net_cfg.age_head = bool(cfg.age_head)
     patch = tuple(net_cfg.patch_size)
 
     t0 = time.perf_counter()
@@ -260,17 +276,24 @@ def train(
                                          drop_last=True, pin_memory=device.type == "cuda")
 
     model = build_network(net_cfg).to(device)
-    if init is not None:
-        ck = load_checkpoint(init)
-        if ck.network.to_dict() != net_cfg.to_dict():
-            raise TrainError(f"init checkpoint {init} has another network config ({ck.network.preset}, "
-                             f"patch {ck.network.patch_size}); cannot fine-tune it as {cfg.preset}")
-        model.load_state_dict(ck.model.state_dict())
+    # init weights + freeze level; frozen parameters stay out of the optimiser (no decay, no momentum)
+    from training.finetune import FreezeError, prepare_finetune, trainable_parameters
+
+    try:
+        freeze_report = prepare_finetune(model, init, cfg.freeze, net_cfg)
+    except FreezeError as exc:
+        raise TrainError(str(exc)) from exc
+    params = trainable_parameters(model)
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                               weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    age_term = None
+    if cfg.age_head:
+        from training.age import AgeTraining
+
+        age_term = AgeTraining.for_cases(model, cases, subjects, cfg.age_weight)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(cfg.epochs, cfg.poly_power))
     loss_fn = MaskedDiceCELoss(num_classes=net_cfg.out_channels)
 
@@ -286,6 +309,11 @@ def train(
         if "scheduler" in ck.raw:
             sched.load_state_dict(ck.raw["scheduler"])
         start_epoch = ck.epoch
+        # the schedule follows this run's ``epochs`` (a resume may extend the run): recompute the lr
+        poly = _poly(cfg.epochs, cfg.poly_power)
+        for g, base in zip(opt.param_groups, sched.base_lrs):
+            g["lr"] = base * poly(start_epoch)
+        sched.lr_lambdas = [poly] * len(opt.param_groups)
         best_metric = ck.metrics.get("best_tissue_dice")
         history = list(ck.raw.get("extra", {}).get("history", []))
         log.info("resuming from %s at epoch %d", last_path, start_epoch)
@@ -300,7 +328,8 @@ def train(
             log.warning("TensorBoard disabled: %s", exc)
     train_dict = {**cfg.to_dict(), "iterations_per_epoch": iters, "device": str(device),
                   "amp_dtype": str(amp_dtype) if amp_dtype else None, "n_train": len(cases),
-                  "train_ids": [c.id for c in cases], "n_val": len(val_cases)}
+                  "train_ids": [c.id for c in cases], "n_val": len(val_cases),
+                  "init": str(init) if init is not None else None, "freeze_report": freeze_report.to_dict()}
     (out / "train_config.json").write_text(json.dumps(train_dict, indent=2, default=str))
 
     stopped = False
@@ -319,6 +348,8 @@ def train(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(x)
             loss = loss_fn(outputs.float(), y)
+            if age_term is not None:
+                loss = age_term(loss, batch)  # + age_weight · MSE(normalised age)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -330,6 +361,8 @@ def train(
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "lr": float(opt.param_groups[0]["lr"]), "epoch_s": time.perf_counter() - t_ep,
                                "s_per_iteration": (time.perf_counter() - t_ep) / max(len(losses), 1)}
+        if age_term is not None:
+            rec["age_mse_normalised"] = age_term.epoch_mse()
         do_val = bool(val_cases) and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
         over_time = cfg.time_limit_s is not None and time.perf_counter() - t_start > cfg.time_limit_s
         if val_cases and over_time:

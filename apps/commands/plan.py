@@ -8,7 +8,9 @@ import typer
 
 
 def plan(
-    data: Path = typer.Argument(..., help="Study set: a dHCP tree (sub-*/ses-*/anat) or a plain folder of NIfTI images."),
+    data: Path = typer.Argument(
+        ..., help="Study set: a dHCP tree (sub-*/ses-*/anat) or a plain folder of NIfTI images."
+    ),
     budget: int = typer.Option(..., "--budget", help="Total number of 2D slices to annotate."),
     dispersion: float = typer.Option(
         1.0,
@@ -26,7 +28,9 @@ def plan(
     seed: int = typer.Option(0, "--seed", help="Seed: same data + options + seed = same plan."),
     out: Path = typer.Option(..., "--out", help="Where to write the plan JSON."),
     figure: Path | None = typer.Option(None, "--figure", help="PNG of the assigned planes on one scan, 3 views."),
-    figure_scan: str | None = typer.Option(None, "--figure-scan", help="Scan id for --figure (default: first planned)."),
+    figure_scan: str | None = typer.Option(
+        None, "--figure-scan", help="Scan id for --figure (default: first planned)."
+    ),
     source: str = typer.Option("auto", "--source", help="Brain extents from: auto (mask, else label) | mask | label."),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Folder for the brain-extent cache (default DATA/.neolabel)."

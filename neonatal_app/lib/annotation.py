@@ -24,13 +24,7 @@ from neonatal_app.lib.submission import SubmissionRejected, SubmissionResult
 from strategies.assignment import SliceAssignment
 from strategies.budget import BudgetConfig
 from strategies.extents import ExtentCache, PlanEntry, entry_from_arrays
-from strategies.incremental import (
-    AssignmentState,
-    new_state,
-    next_assignment,
-    record_submission,
-    to_utc,
-)
+from strategies.incremental import AssignmentState, new_state, next_assignment, record_submission
 from training.labels import BRAIN
 from training.nifti import load_volume, read_header
 
@@ -353,6 +347,3 @@ def instruction(image_id: str, assignments: list[SliceAssignment], original: str
     return (f"Label {parts} of {image_id} completely (every voxel of each slice); {shown}. "
             "Paint elsewhere is ignored; unpainted assigned slices return to the budget.")
 
-
-def _unused(*_: Any) -> None:  # keep ``to_utc`` imported for callers that parse lease times
-    to_utc(datetime.now(timezone.utc))

@@ -1,0 +1,170 @@
+"""``neolabel serve``: start the MONAI Label server with the neonatal app (demo set when no --studies)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+# MONAI Label settings that must be off or fixed before ``monailabel`` is imported: no MLflow tracking,
+# no scoring runs after every request, no datastore file watcher; nothing reaches the network.
+SERVER_ENV: dict[str, str] = {
+    "MONAI_LABEL_TRACKING_ENABLED": "false",
+    "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+    "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    "MONAI_LABEL_TASKS_SCORING": "false",
+}
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def app_dir() -> Path:
+    import neonatal_app
+
+    return Path(neonatal_app.__file__).resolve().parent
+
+
+def prefer_project_packages() -> None:
+    """Put this project's packages first on the import path, here and in MONAI Label's train subprocess.
+
+    sam2 (a MONAI Label dependency) installs an unrelated top-level ``training`` package into
+    site-packages, which would otherwise shadow ours when the process does not start in the repo.
+    """
+    root = str(project_root())
+    if not (Path(root) / "training" / "labels.py").is_file():
+        return
+    if sys.path[:1] != [root]:
+        sys.path.insert(0, root)
+    mod = sys.modules.get("training")
+    if mod is not None and not str(getattr(mod, "__file__", "")).startswith(root):
+        for name in [m for m in sys.modules if m == "training" or m.startswith("training.")]:
+            del sys.modules[name]
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+
+
+def server_environment(studies: Path, conf: dict[str, str], port: int) -> dict[str, str]:
+    """The environment MONAI Label reads its settings from (also inherited by its train subprocess)."""
+    import json
+
+    env = dict(SERVER_ENV)
+    env.update(
+        {
+            "MONAI_LABEL_APP_DIR": str(app_dir()),
+            "MONAI_LABEL_STUDIES": str(studies),
+            "MONAI_LABEL_APP_CONF": json.dumps(conf),
+            "MONAI_LABEL_SERVER_PORT": str(port),
+        }
+    )
+    return env
+
+
+def apply_settings(env: dict[str, str]) -> None:
+    """Export ``env`` and mirror it into ``monailabel.config.settings`` (if it was imported already)."""
+    import json
+
+    os.environ.update(env)
+    prefer_project_packages()
+    from monailabel.config import settings
+
+    for key, value in env.items():
+        if not hasattr(settings, key):
+            continue
+        current = getattr(settings, key)
+        if isinstance(current, bool):
+            setattr(settings, key, value.lower() in ("1", "true", "yes"))
+        elif isinstance(current, int):
+            setattr(settings, key, int(value))
+        elif isinstance(current, dict):
+            setattr(settings, key, json.loads(value))
+        else:
+            setattr(settings, key, value)
+
+
+def parse_conf_args(args: list[str]) -> list[tuple[str, str]]:
+    """``--conf KEY VALUE`` pairs (repeatable, MONAI Label style) from the command's extra arguments.
+
+    typer cannot declare a repeatable two-value option, so ``serve`` receives them unparsed.
+    """
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        if args[i] in ("--conf", "-c"):
+            if i + 2 >= len(args) or args[i + 1].startswith("--"):
+                raise typer.BadParameter("expected --conf KEY VALUE", param_hint="--conf")
+            pairs.append((args[i + 1], args[i + 2]))
+            i += 3
+        else:
+            raise typer.BadParameter(f"unexpected argument {args[i]!r}; app settings are given as --conf KEY VALUE")
+    return pairs
+
+
+def serve(
+    ctx: typer.Context,
+    studies: Path | None = typer.Option(
+        None, "--studies", help="Study set to serve: a MONAI Label folder or a dHCP tree. Default: the demo set."
+    ),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
+    workdir: Path = typer.Option(Path("."), "--workdir", help="Where the demo set lives (<workdir>/demo)."),
+    bootstrap_minutes: float = typer.Option(3.0, "--bootstrap-minutes", help="Training time of the demo's first model."),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Prepare studies and model, do not start."),
+) -> None:
+    """Serve a study set to 3D Slicer (MONAI Label); without --studies, a generated demo set with a first model.
+
+    App settings: --conf KEY VALUE (repeatable), e.g. --conf budget_dispersion 0.5 --conf retrain_every_labels 5;
+    every key and its default is listed in docs/CONF.md.
+    """
+    import time
+
+    prefer_project_packages()
+    from neonatal_app.lib.config import AppConfig, ConfError
+
+    t0 = time.perf_counter()
+    conf = parse_conf_args(list(ctx.args))
+    conf_dict = {k: v for k, v in conf}
+    if len(conf_dict) != len(conf):
+        typer.echo("note: a --conf key was given twice; the last value is used", err=True)
+    try:
+        cfg = AppConfig.from_conf(conf_dict)
+    except ConfError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--conf") from None
+
+    from apps.studies import StudiesError, servable_studies
+    from neonatal_app.lib.configs.segmentation import model_path
+
+    if studies is None:
+        from apps.demo import bootstrap_model, prepare_demo
+
+        demo = prepare_demo(workdir)
+        served = servable_studies(demo.served)
+        conf_dict.setdefault("validation_dir", str(demo.validation))
+        mp = model_path(served)
+        if not mp.is_file() and not cfg.pretrained:
+            bootstrap_model(demo, mp, preset=cfg.preset, minutes=bootstrap_minutes,
+                            device=None if cfg.device == "auto" else cfg.device)
+        elif mp.is_file():
+            typer.echo(f"reusing the demo model {mp}")
+    else:
+        try:
+            served = servable_studies(studies)
+        except StudiesError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--studies") from None
+
+    env = server_environment(served, conf_dict, port)
+    apply_settings(env)
+    typer.echo(f"studies: {served}\napp: {app_dir()}\nprepared in {time.perf_counter() - t0:.0f} s")
+    if prepare_only:
+        return
+    typer.echo(f"MONAI Label server on http://{host}:{port}  (3D Slicer: MONAI Label module → server "
+               f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port})")
+    import uvicorn
+
+    uvicorn.run("monailabel.app:app", host=host, port=port, log_level="info", access_log=False)
+
+
+serve.context_settings = {"allow_extra_args": True, "ignore_unknown_options": True}  # type: ignore[attr-defined]

@@ -1,0 +1,49 @@
+"""Where the ``segmentation`` model of a study set lives, and the infer/train tasks built around it.
+
+Weights belong to the study set they were trained on (``<studies>/.neolabel/model/segmentation.pt``),
+not to the app folder: one installed app serves many study sets, and nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from neonatal_app.lib.config import AppConfig, ConfError
+from neonatal_app.lib.infers.segmentation import SegmentationInfer
+from neonatal_app.lib.state import STATE_DIR, StateStore
+from neonatal_app.lib.trainers.segmentation import SegmentationTrainer, publish
+
+log = logging.getLogger(__name__)
+
+NAME = "segmentation"
+
+
+def model_path(studies: str | Path) -> Path:
+    return Path(studies) / STATE_DIR / "model" / f"{NAME}.pt"
+
+
+class SegmentationConfig:
+    """Builds the ``segmentation`` infer and train tasks over one model file."""
+
+    def __init__(self, studies: str | Path, config: AppConfig, state: StateStore) -> None:
+        self.studies = Path(studies)
+        self.config = config
+        self.state = state
+        self.path = model_path(studies)
+        if config.pretrained and not self.path.is_file():
+            src = Path(config.pretrained).expanduser()
+            if not src.is_file():
+                raise ConfError(f"--conf pretrained {config.pretrained!r}: file not found (it is never downloaded)")
+            from training.checkpoint import load_checkpoint
+
+            load_checkpoint(src)  # refuse a file that is not a neolabel checkpoint before serving it
+            publish(src, self.path)
+            log.info("published pretrained model %s as %s", src, self.path)
+
+    def infer(self) -> SegmentationInfer:
+        return SegmentationInfer(self.path, device=self.config.device, fast=self.config.infer_fast)
+
+    def trainer(self) -> SegmentationTrainer:
+        return SegmentationTrainer(self.studies, self.path, self.config, self.state)
+

@@ -1,0 +1,109 @@
+"""``/infer/segmentation``: training's ``Predictor`` behind MONAI Label's infer interface.
+
+The model file is the study set's published checkpoint; the predictor is rebuilt whenever the
+file's modification time changes (a retraining publishes with ``os.replace``), and the model is
+not offered at all (``is_valid`` false, so ``/info`` lists no model) before weights exist: MONAI
+Label would otherwise "infer" with random weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from training.labels import label_map
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str | None:
+    """``auto`` → None (the Predictor picks CUDA when present)."""
+    return None if device == "auto" else device
+
+
+class SegmentationInfer(InferTask):
+    """Whole-volume drawem9 segmentation with the study set's current model."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto", fast: bool = True) -> None:
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels=label_map(),
+            dimension=3,
+            description="Neonatal brain drawem9 segmentation (DynUNet trained on the annotated slices)",
+            config={"device": device, "fast": fast},
+        )
+        self.model_path = Path(model_path)
+        self.device = device
+        self.fast = fast
+        self._lock = threading.Lock()
+        self._predictor = None
+        self._mtime: float | None = None
+
+    def is_valid(self) -> bool:
+        return self.model_path.is_file()
+
+    def get_path(self, validate: bool = True) -> str | None:
+        return str(self.model_path) if (self.model_path.is_file() or not validate) else None
+
+    def version(self) -> str | None:
+        """A stamp that changes whenever a new model is published (mtime in ns + size)."""
+        try:
+            st = self.model_path.stat()
+        except OSError:
+            return None
+        return f"{st.st_mtime_ns}-{st.st_size}"
+
+    def predictor(self):
+        """The cached ``Predictor``, reloaded when the published file changed; None before a model exists."""
+        from training.predict import Predictor
+
+        with self._lock:
+            try:
+                mtime = self.model_path.stat().st_mtime_ns
+            except OSError:
+                self._predictor, self._mtime = None, None
+                return None
+            if self._predictor is None or mtime != self._mtime:
+                log.info("loading model %s", self.model_path)
+                self._predictor = Predictor.from_checkpoint(
+                    self.model_path, device=resolve_device(self.device), fast=self.fast
+                )
+                self._mtime = mtime
+            return self._predictor
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d["model_file"] = str(self.model_path)
+        d["model_version"] = self.version()
+        return d
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        from training.nifti import save_volume
+
+        image = request.get("image")
+        if not isinstance(image, str) or not image or not os.path.isfile(image):
+            from neonatal_app.lib.datastore import http_error
+
+            raise http_error(404, f"unknown image {request.get('image')!r}: not in this study set")
+        pred = self.predictor()
+        if pred is None:
+            from neonatal_app.lib.datastore import http_error
+
+            raise http_error(409, "no model has been trained yet: annotate some slices and start a training")
+        t0 = time.perf_counter()
+        label, affine = pred.predict([image])
+        fd, out = tempfile.mkstemp(prefix="neolabel-seg-", suffix=".nii.gz")
+        os.close(fd)
+        save_volume(out, label, affine, dtype="uint8")
+        return out, {
+            "label_names": label_map(),
+            "model_version": self.version(),
+            "latencies": {"total": round(time.perf_counter() - t0, 3)},
+        }

@@ -1,0 +1,179 @@
+"""``/train/segmentation``: ``training.train.train`` on the study set's partial labels, then publish.
+
+One training implementation: this task only gathers the inputs (every image with a ``final``
+label, that label as the partial label, the optional fully labelled validation set, the served
+model as the starting point), calls ``training.train.train`` (masked Dice+CE, annotated-voxel
+patch sampling) and publishes ``best.pt`` with ``os.replace`` into the model path, where the infer
+task picks it up by mtime. With a validation set the new model is published only if it is not
+worse than the served one on it. A file lock makes sure two trainings never run at once, whoever
+started them (``/train``, the label-count trigger, the schedule). Multi-GPU (DDP) is not
+supported: training uses one device (CUDA when present, else CPU; mixed precision only on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from monailabel.interfaces.tasks.train import TrainTask
+
+from neonatal_app.lib.config import AppConfig
+from neonatal_app.lib.state import STATE_DIR, StateStore
+from training.nifti import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class TrainingBusy(RuntimeError):
+    """Another training holds the study set's training lock."""
+
+
+class SegmentationTrainer(TrainTask):
+    """Masked-loss retraining on the annotated slices (see module doc)."""
+
+    def __init__(self, studies: str | Path, model_path: str | Path, config: AppConfig, state: StateStore) -> None:
+        super().__init__("Retrain the segmentation model on the annotated slices (masked Dice+CE)")
+        self.studies = Path(studies)
+        self.model_path = Path(model_path)
+        self.cfg = config
+        self.state = state
+        self.dir = self.studies / STATE_DIR
+        self.lock_path = self.dir / "train.lock"
+        self.stats_path = self.dir / "train_stats.json"
+
+    def config(self) -> dict[str, Any]:
+        return {"epochs": self.cfg.epochs, "preset": self.cfg.preset, "train_from": self.cfg.train_from}
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def is_running(self) -> bool:
+        """True while some process holds the training lock."""
+        probe = FileLock(str(self.lock_path))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return True
+        probe.release()
+        return False
+
+    # ------------------------------------------------------------------ inputs
+    def training_inputs(self, datastore) -> tuple[list, dict[str, Path]]:
+        from training.data import Subject
+
+        subjects, partial = [], {}
+        for image_id in sorted(datastore.list_images()):
+            label = datastore.get_label_uri(image_id, "final")
+            if label and os.path.isfile(label):
+                subjects.append(Subject(id=image_id, image=Path(datastore.get_image_uri(image_id))))
+                partial[image_id] = Path(label)
+        return subjects, partial
+
+    def validation_subjects(self) -> list:
+        if not self.cfg.validation_dir:
+            return []
+        from training.data import open_dataset
+
+        return open_dataset(self.cfg.validation_dir).with_labels()
+
+    # ------------------------------------------------------------------ run
+    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        lock = FileLock(str(self.lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("training skipped: another training is running")
+            return {"status": "skipped", "reason": "another training is running"}
+        try:
+            return self._train(request, datastore)
+        finally:
+            lock.release()
+
+    def _train(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        import torch
+
+        from training.evaluate import evaluate_checkpoint
+        from training.train import TrainConfig, train
+
+        t0 = time.time()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        subjects, partial = self.training_inputs(datastore)
+        if not subjects:
+            stats = {"status": "skipped", "reason": "no annotated image yet", "started": started}
+            atomic_write_text(self.stats_path, json.dumps(stats, indent=1))
+            return stats
+        with self.state.update() as st:
+            st["labels_since_train"] = 0
+        device = self.cfg.device if self.cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        epochs = int(request.get("epochs", request.get("max_epochs", self.cfg.epochs)))
+        init = None
+        if self.cfg.train_from == "served" and self.model_path.is_file():
+            init = self.model_path
+        preset = self.cfg.preset
+        if init is not None:
+            from training.checkpoint import load_checkpoint
+
+            preset = load_checkpoint(init).network.preset  # fine-tune the served architecture
+        tcfg = TrainConfig(preset=preset, epochs=epochs, device=device, amp=(device == "cuda"),
+                           seed=self.cfg.seed, tensorboard=False)
+        run_dir = self.dir / "train" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        val = self.validation_subjects()
+        log.info("training on %d annotated images (%d validation) from %s", len(subjects), len(val), init or "scratch")
+        result = train(tcfg, subjects, run_dir, partial_labels=partial, val_subjects=val or None,
+                       init=init, progress=False)
+        stats: dict[str, Any] = {
+            "status": "done",
+            "started": started,
+            "seconds": round(time.time() - t0, 1),
+            "epochs": result.epochs_completed,
+            "train_images": result.n_train,
+            "device": device,
+            "init": "served" if init is not None else "scratch",
+            "run_dir": str(run_dir),
+        }
+        published, reason = True, "no validation set: published"
+        if val:
+            new = evaluate_checkpoint(result.best_path, val, hd95=False).tissue_dice
+            stats["val_tissue_dice_new"] = round(float(new), 4)
+            if self.model_path.is_file():
+                old = evaluate_checkpoint(self.model_path, val, hd95=False).tissue_dice
+                stats["val_tissue_dice_served"] = round(float(old), 4)
+                if not math.isnan(old) and (math.isnan(new) or new < old):
+                    published = False
+                    reason = f"new model is worse on the validation set ({new:.4f} < {old:.4f}): kept the served model"
+                else:
+                    reason = f"validation tissue Dice {new:.4f} ≥ served {old:.4f}: published"
+            else:
+                reason = f"validation tissue Dice {new:.4f}: published (first model)"
+        if published:
+            publish(result.best_path, self.model_path)
+        stats["published"] = published
+        stats["message"] = reason
+        log.info("training finished: %s", reason)
+        atomic_write_text(self.stats_path, json.dumps(stats, indent=1))
+        with self.state.update() as st:
+            st["trainings"] = (st.get("trainings") or [])[-19:] + [
+                {k: stats[k] for k in ("started", "seconds", "published", "message") if k in stats}
+            ]
+        return stats
+
+
+def publish(src: str | Path, model_path: str | Path) -> Path:
+    """Copy a checkpoint next to the model path, then ``os.replace`` it in: readers never see half a file."""
+    dst = Path(model_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst

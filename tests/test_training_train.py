@@ -1,0 +1,72 @@
+"""End to end: a tiny train() run writes loadable checkpoints, resumes, trains on partial labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.labels import IGNORE, NUM_CLASSES
+from training.train import TrainConfig, TrainError, train
+
+
+def _cfg(**kw):
+    base = dict(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=1, threads=2, val_every=1,
+                tensorboard=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_checkpoint_and_resume(synth_dataset, tmp_path):
+    subs = synth_dataset.with_labels()
+    out = tmp_path / "run"
+    res = train(_cfg(), subs[:2], out, val_subjects=subs[2:3], progress=False)
+    assert res.epochs_completed == 1 and res.best_path.is_file() and res.last_path.is_file()
+    assert res.best_metric is not None and 0.0 <= res.best_metric <= 1.0
+    ck = load_checkpoint(res.last_path)
+    assert ck.epoch == 1 and not ck.model.training
+    assert ck.network.preset == "tiny" and ck.preprocess.modalities == ("T2w",)
+    assert ck.train_config["optimizer"] == "adamw" and ck.train_config["preset"] == "tiny"
+    assert [c["value"] for c in ck.class_table][:NUM_CLASSES] == list(range(NUM_CLASSES))
+    assert ck.version["labels"] and "val_tissue_dice" in ck.metrics
+    assert "optimizer" in ck.raw and "scheduler" in ck.raw
+    x = torch.randn(1, 1, *ck.network.patch_size)
+    with torch.no_grad():
+        assert ck.model(x).shape == (1, NUM_CLASSES, *ck.network.patch_size)
+    assert any((out / "tensorboard").iterdir())
+    # resume: continues at the saved epoch, finishes the remaining one
+    res2 = train(_cfg(epochs=2, resume=True), subs[:2], out, val_subjects=subs[2:3], progress=False)
+    assert [h["epoch"] for h in res2.history] == [1, 2]
+    ck2 = load_checkpoint(res2.last_path)
+    assert ck2.epoch == 2
+    assert not torch.equal(ck2.raw["state_dict"]["output_block.conv.conv.weight"],
+                           ck.raw["state_dict"]["output_block.conv.conv.weight"])
+    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def test_train_on_partial_labels_only_uses_planned_subjects(synth_dataset, tmp_path):
+    from training.nifti import load_volume
+
+    subs = synth_dataset.with_labels()
+    full = load_volume(subs[0].label).data.astype(np.uint8)
+    partial = np.full_like(full, IGNORE)
+    partial[:, :, full.shape[2] // 2] = full[:, :, full.shape[2] // 2]
+    res = train(_cfg(), subs[:3], tmp_path / "p", partial_labels={subs[0].id: partial}, progress=False)
+    assert res.n_train == 1 and res.best_metric is None and res.best_path.is_file()
+    with pytest.raises(TrainError, match="no annotated voxel"):
+        train(_cfg(), subs[:1], tmp_path / "q", partial_labels={subs[0].id: np.full_like(full, IGNORE)},
+              progress=False)
+    with pytest.raises(TrainError, match="no trainable subject"):
+        train(_cfg(), subs[:1], tmp_path / "r", partial_labels={}, progress=False)
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    bad = tmp_path / "x.pt"
+    torch.save({"hello": 1}, bad)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "missing.pt")
