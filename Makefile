@@ -5,6 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PORT ?= 8000
 
+define REMOVE_SAM2_TRAINING
+import importlib.metadata as m, pathlib, shutil
+files = m.files("sam2") or []
+hit = [f for f in files if str(f) == "training/__init__.py"]
+if hit:
+    shutil.rmtree(pathlib.Path(hit[0].locate()).parent, ignore_errors=True)
+endef
+export REMOVE_SAM2_TRAINING
+
 .PHONY: venv demo serve test lint clean-venv
 
 venv: $(STAMP)
@@ -16,6 +25,9 @@ $(STAMP): requirements.lock pyproject.toml
 	# torch first, pinned, so no other requirement can pull a different build
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	# sam2 (pulled in by monailabel) ships its own training scripts as a top-level package named
+	# `training`, which shadows ours; nothing imports it, so it is removed.
+	$(BIN)/python -c "$$REMOVE_SAM2_TRAINING"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -132,17 +132,18 @@ def real_train(job: TrainJob) -> TrainOutcome:
     )
     seconds = time.perf_counter() - t0
     ckpt = _result_checkpoint(result, job.out_dir)
-    info: dict[str, Any] = {}
-    for attr in ("epochs", "iterations", "final_loss", "history"):
-        if hasattr(result, attr) and attr != "history":
-            val = getattr(result, attr)
-            if isinstance(val, int | float | str):
-                info[attr] = val
+    history = list(getattr(result, "history", []) or [])
+    info: dict[str, Any] = {
+        "epochs_completed": getattr(result, "epochs_completed", None),
+        "n_train": getattr(result, "n_train", None),
+        "final_loss": history[-1].get("loss") if history else None,
+        "s_per_iteration": history[-1].get("s_per_iteration") if history else None,
+    }
     return TrainOutcome(checkpoint=ckpt, seconds=seconds, info=info)
 
 
 def _result_checkpoint(result: Any, out_dir: Path) -> Path:
-    for attr in ("checkpoint", "final_checkpoint", "last_checkpoint", "best_checkpoint", "path"):
+    for attr in ("best_path", "last_path", "checkpoint"):
         val = getattr(result, attr, None)
         if val is not None and Path(val).is_file():
             return Path(val)

@@ -13,18 +13,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from apps.simulation.conditions import ONE_SLICE, Condition
 from apps.simulation.data import SimulationError
 
 
-def pool_order(entries: Sequence[Any], seed: int) -> list[Any]:
-    """The training pool in a seeded order (per seed): the baseline takes its volumes from the front."""
-    ids = sorted(e.id for e in entries)
-    by_id = {e.id: e for e in entries}
-    perm = np.random.default_rng(np.random.SeedSequence([7919, int(seed)])).permutation(len(ids))
-    return [by_id[ids[i]] for i in perm]
+def pool_order(entries: Sequence[Any], seed: int, count_axis: str = "axial", margin: float = 0.0) -> list[Any]:
+    """The training pool in the planner's own seeded, age-stratified scan order for this seed.
+
+    The baseline takes its volumes from the front of this order; the planner visits scans in the
+    same order, so every dispersed condition's scans include the baseline's (nested sets, as in
+    the paper where the 3x scans contain the baseline's).
+    """
+    from strategies.budget import BudgetConfig, ordered_entries
+
+    return list(ordered_entries(list(entries), BudgetConfig(total_slices=0, axis=count_axis, margin=margin,
+                                                            seed=int(seed))))
 
 
 def baseline_volumes(ordered: Sequence[Any], n: int, count_axis: str, margin: float) -> tuple[list[Any], int]:

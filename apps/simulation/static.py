@@ -56,7 +56,7 @@ def plan_jobs(
     jobs: list[StaticJob] = []
     budgets: dict[int, int] = {}
     for seed in seeds:
-        ordered = pool_order(entries, seed)
+        ordered = pool_order(entries, seed, count_axis, count_margin)
         base, total = baseline_volumes(ordered, full_volumes, count_axis, count_margin)
         budgets[seed] = total
         for cond in conditions:

@@ -1,0 +1,1 @@
+"""neolabel command line and long-running jobs (simulation, scheduled retraining)."""
