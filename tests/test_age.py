@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,14 +36,17 @@ def _nets():
     return cfg_age, plain, aged
 
 
+SMALL = (16, 16, 16)  # any multiple of the total stride (8) works; small keeps the tests fast
+
+
 def test_head_shape_and_segmentation_unchanged():
     cfg, plain, aged = _nets()
-    x = torch.randn(3, 1, *cfg.patch_size)
+    x = torch.randn(3, 1, *SMALL)
     plain.eval(), aged.eval()
     with torch.no_grad():
         seg, age = forward_with_age(aged, x)
         assert age.shape == (3,) and age.dtype == torch.float32
-        assert torch.equal(seg, plain(x)) and seg.shape == (3, NUM_CLASSES, *cfg.patch_size)
+        assert torch.equal(seg, plain(x)) and seg.shape == (3, NUM_CLASSES, *SMALL)
         assert torch.equal(aged(x), seg)  # plain forward still returns the segmentation only
     aged.train()
     seg_t, age_t = forward_with_age(aged, x)
@@ -54,8 +58,8 @@ def test_head_shape_and_segmentation_unchanged():
 def test_loss_is_seg_plus_alpha_mse_exactly():
     cfg, _, aged = _nets()
     aged.train()
-    x = torch.randn(2, 1, *cfg.patch_size)
-    y = torch.full((2, 1, *cfg.patch_size), IGNORE, dtype=torch.uint8)
+    x = torch.randn(2, 1, *SMALL)
+    y = torch.full((2, 1, *SMALL), IGNORE, dtype=torch.uint8)
     y[..., 10] = 3
     ages = [29.5, 43.0, 37.0]
     batch = {"case": torch.tensor([2, 0])}
@@ -79,7 +83,7 @@ def test_loss_is_seg_plus_alpha_mse_exactly():
 
 def test_window_average_and_padding():
     cfg, _, aged = _nets()
-    p = cfg.patch_size
+    p = SMALL
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(1, *p, generator=g), torch.randn(1, *p, generator=g) * 2
     pa, pb = predict_age(aged, a, p), predict_age(aged, b, p)
@@ -97,8 +101,8 @@ def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
     from training.train import TrainConfig, train
 
     subs = synth_dataset.with_labels()
-    cfg = TrainConfig(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=2, threads=2, tensorboard=False,
-                      age_head=True, age_weight=0.01)
+    cfg = TrainConfig(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=2, batch_size=2,
+                      threads=2, tensorboard=False, age_head=True, age_weight=0.01)
     res = train(cfg, subs[:2], tmp_path / "age", progress=False)
     assert np.isfinite(res.history[-1]["age_mse_normalised"])
     ck = load_checkpoint(res.best_path)
@@ -110,9 +114,11 @@ def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
     assert math.isclose(rep.mse, float((errs ** 2).mean()), rel_tol=1e-9)
     assert "MAE" in rep.to_text()
     # a segmentation-only checkpoint fine-tunes into an AgeU-Net (the new head starts random)
-    seg_only = train(TrainConfig(preset="tiny", epochs=1, iterations_per_epoch=1, batch_size=1, threads=2,
-                                 tensorboard=False), subs[:1], tmp_path / "seg", progress=False)
-    res2 = train(cfg, subs[:2], tmp_path / "age2", init=seg_only.best_path, progress=False)
+    seg_cfg = TrainConfig(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=1, batch_size=1,
+                          threads=2, tensorboard=False)
+    seg_only = train(seg_cfg, subs[:1], tmp_path / "seg", progress=False)
+    res2 = train(replace(cfg, iterations_per_epoch=1, batch_size=1), subs[:1], tmp_path / "age2",
+                 init=seg_only.best_path, progress=False)
     assert load_checkpoint(res2.best_path).network.age_head
     with pytest.raises(AgeError, match="no age head"):
         evaluate_age_checkpoint(seg_only.best_path, subs[2:3])

@@ -85,4 +85,4 @@ def test_deep_supervision_heads_keep_the_ignore_region():
     w = deep_supervision_weights(3)
     assert abs(sum(w) - 1) < 1e-9 and w[0] == 2 * w[1] == 4 * w[2]
     parts = [MaskedDiceCELoss()(stacked[:, h], partial) for h in range(3)]
-    assert torch.allclose(loss, sum(wi * p for wi, p in zip(w, parts)), atol=1e-6)
+    assert torch.allclose(loss, sum(wi * p for wi, p in zip(w, parts, strict=True)), atol=1e-6)

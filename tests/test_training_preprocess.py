@@ -25,7 +25,7 @@ def _affine(codes, spacing=(1.5, 2.0, 2.5), perm=(0, 1, 2)):
     """Affine whose voxel axis i runs along world axis perm[i] with the sign implied by codes."""
     a = np.zeros((4, 4))
     a[3, 3] = 1
-    for i, (p, c) in enumerate(zip(perm, codes)):
+    for i, (p, c) in enumerate(zip(perm, codes, strict=True)):
         a[p, i] = spacing[i] * (1 if c in "RAS" else -1)
     a[:3, 3] = [10.0, -20.0, 5.0]
     return a

@@ -31,17 +31,20 @@ def _expected_trained(model, level: str) -> set[int]:
     return {id(p) for m in mods for p in m.parameters()}
 
 
-def _batch(cfg, seed=0):
+SMALL = (16, 16, 16)  # the tiny (4-level, deep-supervised) network accepts any multiple of 8: keep steps cheap
+
+
+def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 1, *cfg.patch_size, generator=g)
-    full = torch.randint(0, 10, (2, 1, *cfg.patch_size), generator=g)
+    x = torch.randn(2, 1, *SMALL, generator=g)
+    full = torch.randint(0, 10, (2, 1, *SMALL), generator=g)
     y = torch.full_like(full, IGNORE)
     y[..., ::5] = full[..., ::5]  # partial label: every 5th axial slice annotated
     return x, y.to(torch.uint8)
 
 
-@pytest.mark.parametrize("level", ["shallow", "medium", "deep", "full", "none"])
-@pytest.mark.parametrize("opt_name", ["adamw", "sgd"])
+@pytest.mark.parametrize(("level", "opt_name"), [("shallow", "adamw"), ("shallow", "sgd"), ("medium", "adamw"),
+                                                  ("deep", "sgd"), ("full", "adamw"), ("none", "sgd")])
 def test_freeze_level_trains_exactly_the_intended_modules(level, opt_name):
     from training.age import age_loss, forward_with_age
 
@@ -64,7 +67,7 @@ def test_freeze_level_trains_exactly_the_intended_modules(level, opt_name):
            else torch.optim.SGD(params, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=0.1))
     loss_fn = MaskedDiceCELoss()
     for step in range(2):  # two steps: momentum/decay state exists on the second
-        x, y = _batch(cfg, step)
+        x, y = _batch(step)
         opt.zero_grad(set_to_none=True)
         seg, age = forward_with_age(model, x)
         loss, _ = age_loss(loss_fn(seg, y), age, torch.tensor([30.0, 44.0]))
@@ -84,7 +87,8 @@ def test_paper_preset_levels_grow_and_deep_keeps_the_outer_levels_frozen():
     assert counts[0] == 0 and counts == sorted(counts) and len(set(counts)) == 5
     rep = apply_freeze(model, "deep")
     assert {id(p) for p in model.parameters() if p.requires_grad} == _expected_trained(model, "deep")
-    assert not model.input_block.conv1.conv.weight.requires_grad and not model.output_block.conv.conv.weight.requires_grad
+    assert not any(p.requires_grad for p in model.input_block.parameters())
+    assert not any(p.requires_grad for p in model.output_block.parameters())
     assert rep.frozen_params > 0
 
 
@@ -103,7 +107,8 @@ def test_freeze_errors():
 def _tcfg(**kw):
     from training.train import TrainConfig
 
-    base = dict(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=1, threads=2, tensorboard=False)
+    base = dict(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=2, batch_size=1, threads=2,
+                tensorboard=False)
     base.update(kw)
     return TrainConfig(**base)
 

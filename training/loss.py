@@ -78,10 +78,8 @@ class MaskedDiceCELoss(nn.Module):
         tsum = onehot.sum(dims)
         dice = (2 * tp + self.smooth) / (psum + tsum + self.smooth)
         present = tsum > 0
-        if bool(present.any()):
-            dice_loss = 1.0 - dice[present].mean()
-        else:  # nothing annotated: keep the graph, value 0, gradient 0
-            dice_loss = (probs.sum() * 0.0)
+        # nothing annotated: keep the graph with value 0 and gradient 0
+        dice_loss = 1.0 - dice[present].mean() if bool(present.any()) else probs.sum() * 0.0
         return self.dice_weight * dice_loss + self.ce_weight * ce
 
     def forward(self, output: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
@@ -103,7 +101,7 @@ class MaskedDiceCELoss(nn.Module):
         weights = self.ds_weights[: len(heads)] if self.ds_weights else deep_supervision_weights(len(heads))
         total = sum(w for w in weights)
         loss = heads[0].new_zeros((), dtype=torch.float32)
-        for w, h in zip(weights, heads):
+        for w, h in zip(weights, heads, strict=False):
             if w:
                 loss = loss + (w / total) * self._single(h, target, annotated, onehot, n_annot)
         return loss

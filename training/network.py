@@ -32,15 +32,15 @@ def kernels_strides(
     kernels: list[list[int]] = []
     while max_levels is None or len(strides) < max_levels:
         ratio = [sp / min(spacings) for sp in spacings]
-        stride = [2 if r <= 2 and s >= 8 else 1 for r, s in zip(ratio, sizes)]
+        stride = [2 if r <= 2 and s >= 8 else 1 for r, s in zip(ratio, sizes, strict=True)]
         kernel = [3 if r <= 2 else 1 for r in ratio]
         if all(s == 1 for s in stride):
             break
-        for s, st in zip(sizes, stride):
+        for s, st in zip(sizes, stride, strict=True):
             if s % st:
                 raise NetworkConfigError(f"patch size {patch_size} is not divisible by the derived strides {stride}")
-        sizes = [s / st for s, st in zip(sizes, stride)]
-        spacings = [sp * st for sp, st in zip(spacings, stride)]
+        sizes = [s / st for s, st in zip(sizes, stride, strict=True)]
+        spacings = [sp * st for sp, st in zip(spacings, stride, strict=True)]
         kernels.append(kernel)
         strides.append(stride)
     kernels.append([3] * len(sizes))

@@ -68,7 +68,7 @@ class PreprocessMeta:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(e - s) for s, e in zip(self.crop_start, self.crop_end))  # type: ignore[return-value]
+        return tuple(int(e - s) for s, e in zip(self.crop_start, self.crop_end, strict=True))  # type: ignore[return-value]
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -127,11 +127,11 @@ def preprocess(
         raise PreprocessError(
             f"expected {len(cfg.modalities)} image(s) for modalities {list(cfg.modalities)}, got {len(images)}"
         )
-    vols = [_as_volume(im, m) for im, m in zip(images, cfg.modalities)]
+    vols = [_as_volume(im, m) for im, m in zip(images, cfg.modalities, strict=True)]
     ref = vols[0]
     if ref.data.ndim != 3:
         raise PreprocessError(f"image must be a 3D volume, got shape {ref.data.shape}")
-    for m, v in zip(cfg.modalities[1:], vols[1:]):
+    for m, v in zip(cfg.modalities[1:], vols[1:], strict=True):
         if v.data.shape != ref.data.shape:
             raise PreprocessError(f"{m} shape {v.data.shape} differs from {cfg.modalities[0]} shape {ref.data.shape}")
         if not np.allclose(v.affine, ref.affine, atol=cfg.affine_atol):
@@ -171,7 +171,7 @@ def preprocess(
         margin = np.ceil(cfg.crop_margin_mm / np.maximum(spacing, 1e-6)).astype(int)
         lo = np.maximum(box[0] - margin, 0)
         hi = np.minimum(box[1] + margin, np.array(ras_shape))
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     stack = np.ascontiguousarray(stack[(slice(None), *sl)])
     if lab is not None:
         lab = np.ascontiguousarray(lab[sl])
@@ -216,7 +216,7 @@ def restore(array: np.ndarray, meta: PreprocessMeta, fill: int | float = 0) -> n
         raise PreprocessError(f"array spatial shape {arr.shape[-3:]} does not match the processed grid {meta.shape}")
     lead = arr.shape[:-3]
     full = np.full((*lead, *meta.ras_shape), fill, dtype=arr.dtype)
-    sl = tuple(slice(a, b) for a, b in zip(meta.crop_start, meta.crop_end))
+    sl = tuple(slice(a, b) for a, b in zip(meta.crop_start, meta.crop_end, strict=True))
     full[(..., *sl)] = arr
     inv = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.io_orientation(meta.original_affine)

@@ -84,7 +84,7 @@ def sample_patch_start(
         elif len(cand.annotated):
             pool = cand.annotated
     if pool is None:
-        return np.array([rng.integers(a, b + 1) for a, b in zip(lo_all, hi_all)])
+        return np.array([rng.integers(a, b + 1) for a, b in zip(lo_all, hi_all, strict=True)])
     v = pool[rng.integers(len(pool))].astype(int)
     edge = np.floor(cfg.edge_fraction * patch_a).astype(int)
     lo = np.maximum(v - patch_a + 1 + edge, lo_all)
@@ -92,7 +92,7 @@ def sample_patch_start(
     # if the edge rule cannot hold (voxel at the volume border), keep the voxel inside anyway
     lo2 = np.where(lo <= hi, lo, np.maximum(v - patch_a + 1, lo_all))
     hi2 = np.where(lo <= hi, hi, np.minimum(v, hi_all))
-    return np.array([rng.integers(a, b + 1) for a, b in zip(lo2, hi2)])
+    return np.array([rng.integers(a, b + 1) for a, b in zip(lo2, hi2, strict=True)])
 
 
 def crop_padded(arr: np.ndarray, start: np.ndarray, size: np.ndarray, fill: float = 0) -> np.ndarray:
@@ -106,8 +106,8 @@ def crop_padded(arr: np.ndarray, start: np.ndarray, size: np.ndarray, fill: floa
         return out
     dst_lo = src_lo - start
     dst_hi = dst_lo + (src_hi - src_lo)
-    out[(..., *(slice(a, b) for a, b in zip(dst_lo, dst_hi)))] = arr[
-        (..., *(slice(a, b) for a, b in zip(src_lo, src_hi)))
+    out[(..., *(slice(a, b) for a, b in zip(dst_lo, dst_hi, strict=True)))] = arr[
+        (..., *(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True)))
     ]
     return out
 

@@ -311,7 +311,7 @@ def train(
         start_epoch = ck.epoch
         # the schedule follows this run's ``epochs`` (a resume may extend the run): recompute the lr
         poly = _poly(cfg.epochs, cfg.poly_power)
-        for g, base in zip(opt.param_groups, sched.base_lrs):
+        for g, base in zip(opt.param_groups, sched.base_lrs, strict=True):
             g["lr"] = base * poly(start_epoch)
         sched.lr_lambdas = [poly] * len(opt.param_groups)
         best_metric = ck.metrics.get("best_tissue_dice")
@@ -372,9 +372,9 @@ def train(
             rec["val_tissue_dice"] = v["tissue_dice"]
             rec["val_dice"] = {str(k): dv for k, dv in v["dice"].items()}
         improved = False
-        if do_val and not math.isnan(rec["val_tissue_dice"]):
-            if best_metric is None or rec["val_tissue_dice"] > best_metric:
-                best_metric, improved = rec["val_tissue_dice"], True
+        if (do_val and not math.isnan(rec["val_tissue_dice"])
+                and (best_metric is None or rec["val_tissue_dice"] > best_metric)):
+            best_metric, improved = rec["val_tissue_dice"], True
         history.append(rec)
         if writer is not None:
             writer.add_scalar("train/loss", rec["loss"], epoch + 1)

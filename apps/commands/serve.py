@@ -168,3 +168,9 @@ def serve(
 
 
 serve.context_settings = {"allow_extra_args": True, "ignore_unknown_options": True}  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":  # `python -m apps.commands.serve ...` (used by the end-to-end test)
+    _cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    _cli.command(context_settings=serve.context_settings)(serve)
+    _cli()

@@ -125,8 +125,10 @@ class SegmentationTrainer(TrainTask):
             from training.checkpoint import load_checkpoint
 
             preset = load_checkpoint(init).network.preset  # fine-tune the served architecture
+        iters = request.get("iterations_per_epoch")
         tcfg = TrainConfig(preset=preset, epochs=epochs, device=device, amp=(device == "cuda"),
-                           seed=self.cfg.seed, tensorboard=False)
+                           seed=self.cfg.seed, tensorboard=False,
+                           iterations_per_epoch=int(iters) if iters else None)
         run_dir = self.dir / "train" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         val = self.validation_subjects()
         log.info("training on %d annotated images (%d validation) from %s", len(subjects), len(val), init or "scratch")

@@ -1,0 +1,145 @@
+"""``neolabel train``: train the segmentation network on full labels or on a slice plan's partial labels.
+
+The plan → partial-label conversion lives here (it needs ``strategies``, which ``training`` must
+never import); ``training.train.train`` only ever sees partial labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def load_plan_assignments(plan: Path) -> list:
+    """Slice assignments from a plan JSON: a list of assignments or ``{"assignments": [...]}``."""
+    import json
+
+    from strategies.assignment import AssignmentError, SliceAssignment
+
+    try:
+        data = json.loads(Path(plan).read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read plan {plan}: {exc}") from exc
+    items = data.get("assignments") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise typer.BadParameter(f"plan {plan}: expected a list of slice assignments or {{'assignments': [...]}}")
+    try:
+        return [SliceAssignment.from_json(a) for a in items]
+    except AssignmentError as exc:
+        raise typer.BadParameter(f"plan {plan}: {exc}") from exc
+
+
+def plan_partial_labels(subjects: list, assignments: list) -> dict:
+    """Partial label per planned image, built from the subjects' full labels (``strategies.masks``)."""
+    import numpy as np
+
+    from strategies.masks import MaskError, partial_label
+    from training.nifti import load_volume
+
+    by_id = {s.id: s for s in subjects}
+    grouped: dict[str, list] = {}
+    for a in assignments:
+        grouped.setdefault(a.image, []).append(a)
+    unknown = sorted(set(grouped) - set(by_id))
+    if unknown:
+        raise typer.BadParameter(f"plan names images not in the dataset: {', '.join(unknown[:5])}")
+    out = {}
+    for image_id, items in grouped.items():
+        s = by_id[image_id]
+        if s.label is None:
+            raise typer.BadParameter(f"{image_id}: the plan needs its full label to build the partial label")
+        vol = load_volume(s.label)
+        try:
+            out[image_id] = partial_label(np.asarray(vol.data), items, vol.affine)
+        except MaskError as exc:
+            raise typer.BadParameter(f"{image_id}: {exc}") from exc
+    return out
+
+
+def train(
+    data: Path = typer.Argument(..., help="Dataset root (dHCP tree or a folder of NIfTI volumes + labels)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for checkpoints (best.pt, last.pt), logs, TensorBoard."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="Slice-assignment JSON: train on partial labels of the planned slices only."
+    ),
+    epochs: int = typer.Option(50, "--epochs", help="Number of epochs."),
+    preset: str = typer.Option("cpu", "--preset", help="Network preset: tiny | cpu | paper."),
+    iterations: int | None = typer.Option(
+        None, "--iterations", help="Iterations per epoch (default: max(25, 4 × training subjects))."
+    ),
+    batch_size: int = typer.Option(2, "--batch-size", help="Patches per iteration."),
+    optimizer: str | None = typer.Option(
+        None, "--optimizer", help="sgd | adamw (default: sgd for paper, adamw for cpu/tiny)."
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="Initial learning rate (default: 1e-2 sgd, 3e-3 adamw)."),
+    val: str | None = typer.Option(
+        None, "--val", help="Comma-separated subject ids used for validation (dense labels), never trained on."
+    ),
+    val_fraction: float = typer.Option(
+        0.0, "--val-fraction", help="Hold out this fraction of labelled subjects for validation (if no --val)."
+    ),
+    modalities: str = typer.Option("T2w", "--modalities", help="Input channels, e.g. T2w or T2w,T1w."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tuning)."),
+    freeze: str = typer.Option(
+        "full", "--freeze", help="Transfer learning with --init: none (evaluate only) | shallow (bottleneck + "
+        "adjacent blocks) | medium (+1 each side) | deep (+2) | full | scratch (random init, no --init)."
+    ),
+    age_head: bool = typer.Option(
+        False, "--age-head/--no-age-head", help="AgeU-Net: also regress scan age from the bottleneck."
+    ),
+    age_weight: float = typer.Option(0.01, "--age-weight", help="α in loss = segmentation + α·MSE(age)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt (epoch, optimiser, scheduler)."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling, augmentation and initialisation."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train the DynUNet with the masked Dice+CE loss; writes OUT/best.pt and OUT/last.pt."""
+    import logging
+
+    from training.data import DatasetError, open_dataset
+    from training.train import TrainConfig, TrainError
+    from training.train import train as run_train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        ds = open_dataset(data)
+    except (DatasetError, OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    labelled = ds.with_labels()
+    if val:
+        val_ids = [v.strip() for v in val.split(",") if v.strip()]
+        try:
+            val_subjects = [ds.get(v) for v in val_ids]
+        except (DatasetError, KeyError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    elif val_fraction > 0:
+        if not 0 < val_fraction < 1:
+            raise typer.BadParameter("--val-fraction must be in (0, 1)")
+        n_val = max(1, int(round(val_fraction * len(labelled))))
+        val_subjects = labelled[-n_val:]
+    else:
+        val_subjects = []
+    val_set = {s.id for s in val_subjects}
+    train_subjects = [s for s in ds.subjects if s.id not in val_set]
+
+    partial = None
+    if plan is not None:
+        assignments = load_plan_assignments(plan)
+        partial = plan_partial_labels(train_subjects, assignments)
+        n_slices = sum(len(a.indices) for a in assignments)
+        typer.echo(f"plan {plan}: {n_slices} slices in {len(partial)} images → partial labels")
+    cfg = TrainConfig(
+        preset=preset, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, optimizer=optimizer,
+        lr=lr, modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()), resume=resume,
+        device=device, threads=threads, seed=seed, freeze=freeze, age_head=age_head, age_weight=age_weight,
+    )
+    try:
+        res = run_train(cfg, train_subjects, out, partial_labels=partial, val_subjects=val_subjects or None,
+                        init=init, progress=progress)
+    except (TrainError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    best = f", best validation tissue Dice {res.best_metric:.4f}" if res.best_metric is not None else ""
+    typer.echo(f"trained {res.epochs_completed} epochs on {res.n_train} subjects{best}; "
+               f"checkpoints: {res.best_path}, {res.last_path}")

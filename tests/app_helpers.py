@@ -1,0 +1,134 @@
+"""Helpers shared by the app tests: a tiny served study set, oracle painting, in-process app clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_ENV = {
+    "MONAI_LABEL_TRACKING_ENABLED": "false",
+    "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+    "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    "MONAI_LABEL_TASKS_SCORING": "false",
+    "MONAI_LABEL_SESSIONS": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served_copy(synth_root: Path, dest: Path) -> Path:
+    """Copy the session's read-only tiny dHCP tree and return its MONAI Label view."""
+    from apps.studies import servable_studies
+
+    tree = dest / "dhcp"
+    shutil.copytree(synth_root, tree)
+    return servable_studies(tree)
+
+
+def oracle(synth_root: Path, image_id: str):
+    from training.data import open_dataset
+    from training.nifti import load_volume
+
+    return load_volume(open_dataset(synth_root).get(image_id).label)
+
+
+def painted(ref, slices: list[dict], stray: bool = True) -> np.ndarray:
+    """What Slicer submits: the oracle on the assigned slices, 0 elsewhere, plus some stray paint."""
+    full = np.zeros(ref.shape, np.uint8)
+    for s in slices:
+        take: list = [slice(None)] * 3
+        take[s["voxel_axis"]] = s["indices"]
+        full[tuple(take)] = ref.data[tuple(take)]
+    if stray:
+        ax = slices[0]["voxel_axis"]
+        free = [i for i in range(ref.shape[ax]) if i not in set(slices[0]["indices"])]
+        st: list = [slice(None)] * 3
+        st[ax] = free[0]
+        plane = full[tuple(st)]
+        plane[2:6, 2:6] = 3
+    return full
+
+
+def assigned_mask(shape, slices: list[dict]) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    for s in slices:
+        take: list = [slice(None)] * 3
+        take[s["voxel_axis"]] = s["indices"]
+        m[tuple(take)] = True
+    return m
+
+
+@contextlib.contextmanager
+def inprocess_app(studies: Path, conf: dict[str, str] | None = None):
+    """A TestClient on MONAI Label's FastAPI app with the neonatal app on ``studies``."""
+    from fastapi.testclient import TestClient
+
+    saved = dict(os.environ)
+    env = dict(SERVER_ENV)
+    env.update({
+        "MONAI_LABEL_APP_DIR": str(REPO / "neonatal_app"),
+        "MONAI_LABEL_STUDIES": str(studies),
+        "MONAI_LABEL_APP_CONF": json.dumps(conf or {}),
+    })
+    from apps.commands.serve import apply_settings
+
+    apply_settings(env)
+    from monailabel.app import app
+    from monailabel.interfaces.utils.app import app_instance, clear_cache
+
+    clear_cache()
+    try:
+        with TestClient(app) as client:
+            yield client, app_instance()
+    finally:
+        clear_cache()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (contents), to prove that a refused request changed nothing."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith(".lock"):
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+@contextlib.contextmanager
+def inprocess_server(studies: Path, conf: dict[str, str] | None = None):
+    """A real uvicorn server (thread, loopback, free port) with the neonatal app; yields its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    with inprocess_app(studies, conf) as (_client, app):
+        from monailabel.app import app as fastapi_app
+
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning",
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        t0 = time.time()
+        while not server.started:
+            if time.time() - t0 > 30:
+                raise TimeoutError("uvicorn did not start")
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}", app
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)

@@ -1,0 +1,164 @@
+"""PUT /datastore/label: every bad input is refused with a 4xx and a message and changes nothing on disk;
+accepted saves become partial labels, keep the raw upload, and survive 20 concurrent saves."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+
+import numpy as np
+import pytest
+from app_helpers import assigned_mask, inprocess_app, inprocess_server, oracle, painted, served_copy, snapshot
+
+from training.labels import IGNORE
+from training.nifti import load_volume, save_volume
+
+
+@pytest.fixture()
+def studies(synth_root, tmp_path):
+    return served_copy(synth_root, tmp_path)
+
+
+def _put(client, image_id, path_or_bytes, tag=None, name="label.nii.gz", params=None):
+    body = path_or_bytes.read_bytes() if hasattr(path_or_bytes, "read_bytes") else path_or_bytes
+    url = f"/datastore/label?image={image_id}" + (f"&tag={tag}" if tag else "")
+    return client.put(url, files={"label": (name, body)}, data={"params": json.dumps(params or {"client_id": "alice"})})
+
+
+def test_bad_inputs_are_refused_and_change_nothing(studies, synth_root, tmp_path):
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, slices = a["id"], a["slices"]
+        ref = oracle(synth_root, image_id)
+        good = painted(ref, slices)
+
+        def nifti(name, data, affine=ref.affine, dtype=np.uint8):
+            p = tmp_path / name
+            save_volume(p, data, affine, dtype=dtype)
+            return p
+
+        shifted = ref.affine.copy()
+        shifted[:3, 3] += 5.0
+        raw_gz = gzip.compress(b"this is not a NIfTI file" * 10)
+        cases = [
+            ("wrong shape", dict(image_id=image_id, path_or_bytes=nifti("s.nii.gz", good[:-1])), 400, "shape"),
+            ("wrong affine", dict(image_id=image_id, path_or_bytes=nifti("a.nii.gz", good, shifted)), 400, "affine"),
+            ("value 10", dict(image_id=image_id, path_or_bytes=nifti("v.nii.gz", np.where(good > 0, 10, 0))), 400,
+             "outside the drawem9 classes"),
+            ("value 254", dict(image_id=image_id, path_or_bytes=nifti("w.nii.gz", np.full(ref.shape, 254))), 400,
+             "outside the drawem9 classes"),
+            ("float values", dict(image_id=image_id, path_or_bytes=nifti("f.nii.gz", good + 0.5, dtype=np.float32)),
+             400, "non-integer"),
+            ("corrupt gzip", dict(image_id=image_id, path_or_bytes=b"\x1f\x8b garbage"), 400, "NIfTI"),
+            ("not NIfTI", dict(image_id=image_id, path_or_bytes=raw_gz), 400, "NIfTI"),
+            ("other format", dict(image_id=image_id, path_or_bytes=b"P5 1 1 255 x", name="label.png"), 415, "NIfTI"),
+            ("unknown image", dict(image_id="sub-NOPE_ses-1", path_or_bytes=nifti("u.nii.gz", good)), 404,
+             "unknown image"),
+            ("traversal id", dict(image_id="..%2F..%2Fetc", path_or_bytes=nifti("t.nii.gz", good)), 400,
+             "invalid image id"),
+            ("traversal tag", dict(image_id=image_id, path_or_bytes=nifti("g.nii.gz", good), tag="..%2Ffinal"), 400,
+             "invalid label tag"),
+            ("server tag", dict(image_id=image_id, path_or_bytes=nifti("o.nii.gz", good), tag="original"), 400,
+             "written by the server"),
+            ("empty submission", dict(image_id=image_id, path_or_bytes=nifti("e.nii.gz", np.zeros(ref.shape))), 400,
+             "empty submission"),
+            ("all 255", dict(image_id=image_id, path_or_bytes=nifti("n.nii.gz", np.full(ref.shape, IGNORE))), 400,
+             "empty submission"),
+        ]
+        before = snapshot(studies)
+        for what, kwargs, status, text in cases:
+            r = _put(client, **kwargs)
+            assert r.status_code == status, (what, r.status_code, r.text)
+            assert text in r.json()["detail"], (what, r.text)
+            assert snapshot(studies) == before, f"{what}: something changed on disk"
+
+        # a scan without an open assignment: a full labelmap cannot be interpreted
+        other = next(i for i in client.get("/datastore/?output=all").json()["objects"] if i != image_id)
+        r = _put(client, other, nifti("x.nii.gz", painted(oracle(synth_root, other), slices)))
+        assert r.status_code == 409 and "no open slice assignment" in r.json()["detail"]
+        assert snapshot(studies) == before
+
+        # and the good one is accepted after all that
+        r = _put(client, image_id, nifti("ok.nii.gz", good))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["slices_accepted"] == sum(len(s["indices"]) for s in slices)
+        assert body["ignored_voxels_outside_assignment"] == 16  # the 4×4 stray square
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        m = assigned_mask(ref.shape, slices)
+        assert np.all(stored[~m] == IGNORE) and np.array_equal(stored[m], ref.data[m])
+
+
+def test_unpainted_slices_return_to_budget_and_bulk_import(studies, synth_root, tmp_path):
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, s = a["id"], a["slices"][0]
+        ref = oracle(synth_root, image_id)
+        half = dict(s, indices=s["indices"][: len(s["indices"]) // 2])
+        p = tmp_path / "half.nii.gz"
+        save_volume(p, painted(ref, [half], stray=False), ref.affine, np.uint8)
+        body = _put(client, image_id, p).json()
+        assert body["slices_accepted"] == len(half["indices"])
+        assert body["slices_missing"] == len(s["indices"]) - len(half["indices"])
+        assert body["budget"]["spent_slices"] == len(half["indices"])
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        assert np.all(stored[~assigned_mask(ref.shape, [half])] == IGNORE)
+
+        # bulk import of a partial label (255 present): taken as is, no assignment needed
+        other = sorted(i for i in client.get("/datastore/?output=all").json()["objects"] if i != image_id)[0]
+        ref2 = oracle(synth_root, other)
+        part = np.full(ref2.shape, IGNORE, np.uint8)
+        part[:, 10:12, :] = ref2.data[:, 10:12, :]
+        p2 = tmp_path / "part.nii.gz"
+        save_volume(p2, part, ref2.affine, np.uint8)
+        r = _put(client, other, p2)
+        assert r.status_code == 200 and r.json()["mode"] == "partial_import"
+        assert np.array_equal(load_volume(studies / "labels" / "final" / f"{other}.nii.gz").data, part)
+
+
+def test_twenty_concurrent_saves(studies, synth_root, tmp_path):
+    """20 threads upload partial labels (each a different coronal slab) over 4 scans through a real server."""
+    from monailabel.client import MONAILabelClient
+
+    with inprocess_server(studies) as (url, _app):
+        ids = sorted(MONAILabelClient(url).datastore()["objects"])[:4]
+        refs = {i: oracle(synth_root, i) for i in ids}
+        jobs = []
+        for k in range(20):
+            image_id = ids[k % 4]
+            ref = refs[image_id]
+            part = np.full(ref.shape, IGNORE, np.uint8)
+            j = 4 + 2 * (k // 4)
+            part[:, j, :] = ref.data[:, j, :]
+            p = tmp_path / f"c{k}.nii.gz"
+            save_volume(p, part, ref.affine, np.uint8)
+            jobs.append((image_id, p, j))
+        errors: list = []
+
+        def run(image_id, p):
+            try:
+                MONAILabelClient(url, client_id=f"c-{p.stem}").save_label(image_id, str(p))
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i, p)) for i, p, _ in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors
+    ds = json.loads((studies / "datastore_v2.json").read_text())  # valid JSON
+    state = json.loads((studies / ".neolabel" / "state.json").read_text())
+    assert state["labels_saved"] == 20
+    for image_id in ids:
+        assert "final" in ds["objects"][image_id]["labels"]
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        ref = refs[image_id]
+        mine = [j for i, _, j in jobs if i == image_id]
+        for j in mine:  # every one of the 5 submissions of this scan survived the merge
+            assert np.array_equal(stored[:, j, :], ref.data[:, j, :])
+        others = np.ones(ref.shape[1], bool)
+        others[mine] = False
+        assert np.all(stored[:, others, :] == IGNORE)
+        assert len(list((studies / ".neolabel" / "submissions" / image_id).glob("*.nii.gz"))) == 5

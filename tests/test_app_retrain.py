@@ -1,0 +1,110 @@
+"""Retraining triggers: every N labels fires exactly at N, the schedule calls the training function,
+and a trigger while a training runs never starts a second one (trigger guard and trainer file lock)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from app_helpers import inprocess_app, oracle, painted, served_copy
+
+from neonatal_app.lib.retrain import RetrainTriggers
+from training.nifti import save_volume
+
+
+def test_every_n_fires_exactly_at_n():
+    count = {"n": 0}
+    started = []
+    t = RetrainTriggers(lambda reason: started.append(reason) or {"id": len(started)}, lambda: False,
+                        every_labels=3, labels_since_train=lambda: count["n"],
+                        reset_count=lambda: count.__setitem__("n", 0))
+    fired = []
+    for _ in range(7):
+        count["n"] += 1
+        fired.append(t.on_label_saved())
+    assert fired == [False, False, True, False, False, True, False]
+    assert len(started) == 2
+
+
+def test_disabled_triggers_never_fire():
+    t = RetrainTriggers(lambda r: pytest.fail("must not train"), lambda: False, every_labels=0,
+                        labels_since_train=lambda: 100)
+    assert not t.on_label_saved()
+    assert not t.start()  # interval 0 = no schedule
+
+
+def test_no_second_training_while_one_runs():
+    release = threading.Event()
+    running = {"on": False}
+    calls = []
+
+    def start(reason):
+        calls.append(reason)
+        running["on"] = True
+        release.wait(5)  # a slow start: a concurrent trigger must see it as running
+        return {"id": 1}
+
+    t = RetrainTriggers(start, lambda: running["on"], every_labels=1, labels_since_train=lambda: 5)
+    th = threading.Thread(target=t.trigger, args=("first",))
+    th.start()
+    time.sleep(0.2)
+    assert t.trigger("second") is False  # being started
+    release.set()
+    th.join()
+    assert t.trigger("third") is False  # still running
+    running["on"] = False
+    assert t.trigger("fourth") is True
+    assert calls == ["first", "fourth"]
+
+
+def test_schedule_calls_training():
+    calls = []
+    n = {"v": 2}
+    t = RetrainTriggers(lambda r: calls.append(r) or {"id": 1}, lambda: False, interval_minutes=0.005,
+                        labels_since_train=lambda: n["v"], reset_count=lambda: n.__setitem__("v", 0))
+    assert t.start(tick_seconds=0.05)
+    try:
+        t0 = time.time()
+        while not calls and time.time() - t0 < 10:
+            time.sleep(0.05)
+    finally:
+        t.stop()
+    assert calls and "schedule" in calls[0]
+    assert n["v"] == 0
+    assert not t.on_schedule()  # nothing new since: the tick does not train
+
+
+def test_app_triggers_on_the_nth_saved_label(synth_root, tmp_path):
+    studies = served_copy(synth_root, tmp_path)
+    with inprocess_app(studies, {"retrain_every_labels": "2"}) as (client, app):
+        started = []
+        app.triggers.start_training = lambda reason: started.append(reason) or {"id": "fake"}
+        answers = []
+        for k in range(4):
+            a = client.post("/activelearning/budget", json={"client_id": f"c{k}"}).json()
+            ref = oracle(synth_root, a["id"])
+            p = tmp_path / f"l{k}.nii.gz"
+            save_volume(p, painted(ref, a["slices"]), ref.affine, np.uint8)
+            r = client.put(f"/datastore/label?image={a['id']}", files={"label": ("l.nii.gz", p.read_bytes())},
+                           data={"params": json.dumps({"client_id": f"c{k}"})})
+            assert r.status_code == 200, r.text
+            answers.append(bool(r.json().get("retrain_started")))
+        assert answers == [False, True, False, True]
+        assert len(started) == 2
+
+
+def test_trainer_lock_refuses_a_second_training(synth_root, tmp_path):
+    from filelock import FileLock
+
+    studies = served_copy(synth_root, tmp_path)
+    with inprocess_app(studies) as (_client, app):
+        trainer = app._trainers["segmentation"]
+        with FileLock(str(trainer.lock_path)):
+            # the lock is held by "another training": a /train call (any trigger) is skipped
+            assert trainer.is_running()
+            out = trainer({"model": "segmentation"}, app.datastore())
+        assert out["status"] == "skipped" and "another training" in out["reason"]
+        assert not trainer.is_running()

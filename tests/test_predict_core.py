@@ -1,0 +1,190 @@
+"""Sliding-window machinery of the fast Predictor against MONAI's reference, on random weights/inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from training.network import build_network, network_config
+from training.predict import (
+    PredictError,
+    Predictor,
+    _n_windows,
+    foreground_mask,
+    plan_roi,
+    with_fast_instance_norm,
+)
+from training.preprocess import PreprocessConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = network_config("tiny")
+    return build_network(cfg).eval(), cfg
+
+
+def _predictor(tiny, **kw) -> Predictor:
+    model, cfg = tiny
+    return Predictor(model, cfg, PreprocessConfig(), device="cpu", fast=True, **kw)
+
+
+def _reference_logits(model, x: torch.Tensor, roi, overlap, mode) -> torch.Tensor:
+    with torch.inference_mode():
+        return sliding_window_inference(x[None], roi, 1, model, overlap=overlap, mode=mode)[0]
+
+
+def test_fast_machinery_matches_monai_reference(tiny):
+    """Same windows, fp32: fast norm + channels-last + skip-empty reproduce MONAI's sliding window."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 40, 48, 36, generator=g)
+    ref = _reference_logits(model, x, (32, 32, 32), 0.5, "constant")
+    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.5, blend="constant", head_crop=False)
+    got = p.logits_cropped(x)
+    assert got.shape == ref.shape
+    assert p.last_stats.windows == math.prod(_n_windows(s, 32, 0.5) for s in x.shape[1:])
+    pr, pg = torch.softmax(ref, 0), torch.softmax(got, 0)
+    assert float((pr - pg).abs().max()) < 1e-2
+    assert float((ref.argmax(0) == got.argmax(0)).float().mean()) >= 0.99
+
+
+def test_gaussian_blending_matches_reference(tiny):
+    model, _ = tiny
+    x = torch.randn(1, 44, 36, 40, generator=torch.Generator().manual_seed(2))
+    ref = _reference_logits(model, x, (32, 32, 32), 0.25, "gaussian")
+    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.25, blend="gaussian", head_crop=False)
+    got = p.logits_cropped(x)
+    assert float((torch.softmax(ref, 0) - torch.softmax(got, 0)).abs().max()) < 1e-2
+    assert float((ref.argmax(0) == got.argmax(0)).float().mean()) >= 0.99
+
+
+def test_bf16_autocast_close_to_fp32(tiny):
+    x = torch.randn(1, 32, 40, 32, generator=torch.Generator().manual_seed(3))
+    p32 = _predictor(tiny, precision="fp32", head_crop=False)
+    pbf = _predictor(tiny, precision="bf16", head_crop=False)
+    a, b = p32.logits_cropped(x), pbf.logits_cropped(x)
+    assert pbf.last_stats.autocast == "bfloat16" and b.dtype == torch.float32
+    pa, pb = torch.softmax(a, 0), torch.softmax(b, 0)
+    assert float((pa - pb).abs().mean()) < 0.01
+    assert float((a.argmax(0) == b.argmax(0)).float().mean()) >= 0.95
+
+
+def test_fast_instance_norm_equals_instance_norm():
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm3d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1, 1)
+    model = torch.nn.Sequential(norm)
+    fast = with_fast_instance_norm(model)
+    assert isinstance(model[0], torch.nn.InstanceNorm3d)  # the caller's model is untouched
+    x = torch.randn(3, 6, 10, 12, 8) * 3 + 2
+    with torch.inference_mode():
+        ref = model(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last_3d))
+    assert torch.allclose(ref, got, atol=1e-4)
+
+
+def test_volume_smaller_than_window_single_window_blending_irrelevant(tiny):
+    x = torch.randn(1, 11, 7, 13, generator=torch.Generator().manual_seed(4))
+    a = _predictor(tiny, precision="fp32", blend="constant", head_crop=False).logits_cropped(x)
+    b = _predictor(tiny, precision="fp32", blend="gaussian", head_crop=False).logits_cropped(x)
+    assert a.shape == (10, 11, 7, 13)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_skip_empty_windows(tiny):
+    """Windows without any image are not run; voxels only they cover come out as class 0."""
+    x = torch.zeros(1, 96, 32, 32)
+    x[:, :20] = torch.randn(1, 20, 32, 32, generator=torch.Generator().manual_seed(5))
+    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.0, head_crop=False)
+    lab = p.logits_cropped(x).argmax(0)
+    assert p.last_stats.windows == 3 and p.last_stats.skipped == 2
+    assert bool((lab[32:] == 0).all())
+    q = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.0, head_crop=False, skip_empty=False)
+    full = q.logits_cropped(x).argmax(0)
+    assert q.last_stats.skipped == 0
+    assert torch.equal(full[:32], lab[:32])  # computed windows are unaffected
+
+
+def test_fp32_fallback_on_nonfinite_autocast_output(tiny):
+    model, cfg = tiny
+
+    class NaNUnderAutocast(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+            self.strides = model.strides
+
+        def forward(self, x):
+            out = self.inner(x)
+            if torch.is_autocast_enabled("cpu"):
+                out = out.clone()
+                out[:, :, 0, 0, 0] = float("inf")
+            return out
+
+    x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(6))
+    p = Predictor(NaNUnderAutocast(), cfg, PreprocessConfig(), device="cpu", precision="bf16", head_crop=False,
+                  fast_norm=False, channels_last=False)
+    got = p.logits_cropped(x)
+    assert p.last_stats.fp32_fallbacks >= 1
+    assert bool(torch.isfinite(got).all())
+    ref = _predictor(tiny, precision="fp32", head_crop=False, fast_norm=False).logits_cropped(x)
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_tta_averages_mirrored_predictions(tiny):
+    model, _ = tiny
+    x = torch.randn(1, 32, 32, 32, generator=torch.Generator().manual_seed(7))
+    p = _predictor(tiny, precision="fp32", tta=True, head_crop=False, fast_norm=False, channels_last=False)
+    got = p.logits_cropped(x)
+    with torch.inference_mode():
+        acc = torch.zeros_like(got)
+        for fx in (False, True):
+            for fy in (False, True):
+                for fz in (False, True):
+                    dims = [d for d, f in zip((1, 2, 3), (fx, fy, fz), strict=True) if f]
+                    xi = torch.flip(x, dims) if dims else x
+                    oi = model(xi[None])[0]
+                    acc += torch.flip(oi, dims) if dims else oi
+    assert torch.allclose(got, acc / 8, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(200, 260, 230), (217, 290, 290), (40, 50, 60), (10, 10, 10)])
+def test_plan_roi_covers_with_stride_multiples(shape):
+    div = (32, 32, 32)
+    cap = 224 * 288 * 256
+    roi = plan_roi(shape, div, overlap=0.125, max_window_voxels=cap)
+    assert all(r % d == 0 for r, d in zip(roi, div, strict=True))
+    assert math.prod(roi) <= cap
+    n = [_n_windows(s, r, 0.125) for s, r in zip(shape, roi, strict=True)]
+    # cover: the last window ends at or beyond the volume end (MONAI places it flush with the end)
+    assert all(k >= 1 for k in n)
+    # never more voxels than the paper's 128³ tiling at overlap 0.5
+    paper = math.prod(_n_windows(s, 128, 0.5) for s in shape) * 128**3
+    assert math.prod(n) * math.prod(roi) <= paper
+
+
+def test_foreground_mask_background_value():
+    x = torch.zeros(2, 4, 4, 4)
+    x[1, 1, 1, 1] = -0.5  # normalised tissue can be negative: still foreground
+    fg = foreground_mask(x, 0.0)
+    assert int(fg.sum()) == 1 and bool(fg[1, 1, 1])
+
+
+def test_bad_options_raise(tiny):
+    model, cfg = tiny
+    with pytest.raises(PredictError):
+        Predictor(model, cfg, PreprocessConfig(), device="cpu", overlap=1.5)
+    with pytest.raises(PredictError):
+        Predictor(model, cfg, PreprocessConfig(), device="cpu", precision="int4")
+    with pytest.raises(PredictError):
+        Predictor(model, cfg, PreprocessConfig(), device="cpu", no_such_option=1)
+    p = Predictor(model, cfg, PreprocessConfig(), device="cpu", roi_size=(30, 32, 32))
+    with pytest.raises(PredictError):
+        p.logits_cropped(torch.zeros(1, 8, 8, 8))
