@@ -95,8 +95,9 @@ def bootstrap_model(
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = TrainConfig(preset=preset, epochs=1000, time_limit_s=minutes * 60, device=dev, amp=dev == "cuda",
-                      tensorboard=False, val_every=10**6)
+    # short epochs so the time limit (checked after each epoch) is kept to within a few seconds
+    cfg = TrainConfig(preset=preset, epochs=1000, iterations_per_epoch=10, time_limit_s=minutes * 60, device=dev,
+                      amp=dev == "cuda", tensorboard=False, val_every=10**6)
     result = train(cfg, train_subjects, out, val_subjects=None, progress=False)
     t_train = time.perf_counter() - t0
     report = evaluate_checkpoint(result.last_path, val_subjects, hd95=False)

@@ -12,7 +12,6 @@ reused on restart when its settings (condition, plan, seed, training settings, t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,8 +42,8 @@ from apps.simulation.data import (
 from apps.simulation.store import settings_key, write_json
 
 # Default synthetic run: sized to finish within ~15 minutes on 2 CPU cores (see README).
-DEFAULT_EPOCHS = 4
-DEFAULT_ITERATIONS = 40
+DEFAULT_EPOCHS = 6
+DEFAULT_ITERATIONS = 50
 DEFAULT_SEEDS = 2
 DEFAULT_SYNTH_SUBJECTS = 16
 DEFAULT_SYNTH_SHAPE = (54, 72, 72)
@@ -143,6 +142,10 @@ def _dataset_root(cfg: SimulationConfig, log: Callable[[str], None]) -> tuple[Pa
     return root, True
 
 
+def _run_name(r: dict) -> str:
+    return r["condition"]["name"] if r["mode"] == "static" else f"{r['strategy']}@round{r['round']}"
+
+
 def write_reports(out: Path, results: Sequence[dict], meta: dict, *, with_figures: bool) -> list[Path]:
     from apps.simulation import report
 
@@ -192,7 +195,8 @@ def run_simulation(
     common = {
         "data": str(root.resolve()),
         "test_ids": split.test_ids,
-        "train_settings": train_settings,
+        # CPU threads change speed, not what is simulated: not part of the resume key.
+        "train_settings": {k: v for k, v in train_settings.items() if k != "threads"},
         "epochs": cfg.epochs,
     }
 
@@ -206,7 +210,6 @@ def run_simulation(
         "seeds": ", ".join(map(str, seeds)),
     }
     budgets: dict[int, int] = {}
-    os.environ.setdefault("PYTHONHASHSEED", "0")
 
     if cfg.rounds == 0:
         from apps.simulation.static import plan_jobs, run_static, write_plan
@@ -251,8 +254,8 @@ def run_simulation(
         if "uncertainty" in settings.strategies and probabilities_fn is None:
             probabilities_fn = RealProbabilities()
         meta["mode"] = (f"active-learning loop: seed set {settings.seed_slices} slices, +{settings.round_slices} "
-                        f"per round, {settings.rounds} round(s), {settings.round_epochs} warm-start epoch(s) per round, "
-                        f"{settings.dispersion:g} of a scan's {settings.axis} slices per visit")
+                        f"per round, {settings.rounds} round(s), {settings.round_epochs} warm-start epoch(s) per "
+                        f"round, {settings.dispersion:g} of a scan's {settings.axis} slices per visit")
         write_json(out / "simulation.json", {"config": cfg.to_json(), "test_ids": split.test_ids,
                                              "pool_ids": split.pool_ids, "loop": asdict(settings)})
 
@@ -274,8 +277,7 @@ def run_simulation(
     write_json(out / "timing.json", {
         "wall_seconds": round(wall, 1),
         "reused": skipped,
-        "train_seconds": {f"{(r['condition']['name'] if r['mode'] == 'static' else r['strategy'] + '@' + str(r['round']))}"
-                          f"__seed{r['seed']}": r["train_seconds"] for r in results},
+        "train_seconds": {f"{_run_name(r)}__seed{r['seed']}": r["train_seconds"] for r in results},
     })
     return SimulationSummary(out=out, results=results, skipped=skipped, files=files, wall_seconds=wall,
                              budgets=budgets)

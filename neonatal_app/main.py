@@ -23,6 +23,7 @@ from neonatal_app.lib.config import AppConfig
 from neonatal_app.lib.configs.segmentation import NAME as MODEL_NAME
 from neonatal_app.lib.configs.segmentation import SegmentationConfig
 from neonatal_app.lib.datastore import NeolabelDatastore
+from neonatal_app.lib.infers.segmentation import slicer_label_map
 from neonatal_app.lib.retrain import RetrainTriggers
 from neonatal_app.lib.state import StateStore
 from training import labels as L
@@ -53,7 +54,7 @@ class NeonatalApp(MONAILabelApp):
             name="neolabel",
             description="Neonatal brain MRI: budgeted slice annotation, masked-loss retraining (drawem9)",
             version="0.1.0",
-            labels=L.label_map(),
+            labels=slicer_label_map(),  # 1–9: the plugin numbers segments 1, 2, … in this order
         )
         infer = self._infers.get(MODEL_NAME)
         self.service._predictor = infer.predictor
@@ -100,7 +101,7 @@ class NeonatalApp(MONAILabelApp):
     def info(self) -> dict[str, Any]:
         meta = super().info()
         meta.pop("config", None)  # the Slicer plugin refuses a server whose /info has a top-level "config"
-        meta["label_colors"] = L.slicer_colors()
+        meta["label_colors"] = {k: v for k, v in L.slicer_colors().items() if k in self.labels}
         meta["class_table"] = L.class_table()
         meta["budget"] = self.service.budget_status()
         meta["strategy_settings"] = self.service.settings()

@@ -114,11 +114,15 @@ def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
     assert math.isclose(rep.mse, float((errs ** 2).mean()), rel_tol=1e-9)
     assert "MAE" in rep.to_text()
     # a segmentation-only checkpoint fine-tunes into an AgeU-Net (the new head starts random)
-    seg_cfg = TrainConfig(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=1, batch_size=1,
-                          threads=2, tensorboard=False)
-    seg_only = train(seg_cfg, subs[:1], tmp_path / "seg", progress=False)
-    res2 = train(replace(cfg, iterations_per_epoch=1, batch_size=1), subs[:1], tmp_path / "age2",
-                 init=seg_only.best_path, progress=False)
-    assert load_checkpoint(res2.best_path).network.age_head
+    from training.checkpoint import save_checkpoint
+    from training.finetune import prepare_finetune
+
+    seg_cfg = replace(ck.network, age_head=False)
+    seg_path = save_checkpoint(tmp_path / "seg.pt", build_network(seg_cfg), network=seg_cfg, preprocess=ck.preprocess,
+                               train_config={}, epoch=0, metrics={})
+    aged = build_network(ck.network)
+    head_before = aged.age_head.fc.weight.detach().clone()
+    rep_ft = prepare_finetune(aged, seg_path, "shallow", ck.network)
+    assert "age_head" in rep_ft.trained_modules and torch.equal(aged.age_head.fc.weight, head_before)
     with pytest.raises(AgeError, match="no age head"):
-        evaluate_age_checkpoint(seg_only.best_path, subs[2:3])
+        evaluate_age_checkpoint(seg_path, subs[2:3])

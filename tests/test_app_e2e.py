@@ -45,7 +45,7 @@ def server(synth_root, tmp_path):
     cmd = [sys.executable, "-m", "apps.commands.serve", "--studies", str(studies), "--port", str(port),
            "--conf", "preset", "tiny", "--conf", "budget_total_slices", "200", "--conf", "budget_dispersion", "0.2",
            "--conf", "epochs", "1"]
-    log = open(tmp_path / "server.log", "w+")
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 - closed in the fixture's finally
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.stdout = log  # type: ignore[assignment]
     try:

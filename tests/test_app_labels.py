@@ -162,3 +162,30 @@ def test_twenty_concurrent_saves(studies, synth_root, tmp_path):
         others[mine] = False
         assert np.all(stored[:, others, :] == IGNORE)
         assert len(list((studies / ".neolabel" / "submissions" / image_id).glob("*.nii.gz"))) == 5
+
+
+def test_slicer_segment_numbering_is_mapped_back_to_classes(studies, synth_root, tmp_path):
+    """Slicer exports segment *positions* (idx) and sends their names in params.label_info."""
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, slices = a["id"], a["slices"]
+        ref = oracle(synth_root, image_id)
+        good = painted(ref, slices, stray=False)
+        keys = {1: "csf", 2: "cortical_gm", 3: "white_matter", 4: "background_inner", 5: "ventricles",
+                6: "cerebellum", 7: "deep_gm", 8: "brainstem", 9: "hippocampus_amygdala"}
+        order = [9, 8, 7, 6, 5, 4, 3, 2, 1]  # the annotator's segment list in reverse class order
+        exported = np.zeros_like(good)
+        for pos, cls in enumerate(order, start=1):
+            exported[good == cls] = pos
+        info = [{"name": keys[c], "idx": pos} for pos, c in enumerate(order, start=1)]
+        p = tmp_path / "slicer.nii.gz"
+        save_volume(p, exported, ref.affine, np.uint8)
+        wm = order.index(3) + 1  # white matter is painted on every assigned slice
+        unnamed = [dict(x, name="Segment_1") if x["idx"] == wm else x for x in info]
+        bad = _put(client, image_id, p, params={"client_id": "alice", "label_info": unnamed})
+        assert bad.status_code == 400 and "Segment_1" in bad.json()["detail"]
+        r = _put(client, image_id, p, params={"client_id": "alice", "label_info": info})
+        assert r.status_code == 200, r.text
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        m = assigned_mask(ref.shape, slices)
+        assert np.array_equal(stored[m], ref.data[m])

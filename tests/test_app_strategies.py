@@ -42,7 +42,9 @@ def test_info_strategies_leases_and_persisted_settings(studies, synth_root, tmp_
     with inprocess_app(studies, {"budget_total_slices": "60", "lease_minutes": "30"}) as (client, _app):
         info = client.get("/info/").json()
         assert "config" not in info
-        assert info["labels"] == {c["key"]: c["value"] for c in info["class_table"] if c["value"] != 255}
+        # classes 1–9 in value order (the Slicer plugin numbers segments 1, 2, … in this order; 0 = unpainted)
+        assert info["labels"] == {c["key"]: c["value"] for c in info["class_table"] if 0 < c["value"] < 255}
+        assert list(info["labels"].values()) == list(range(1, 10))
         assert info["label_colors"]["csf"] == pytest.approx([120 / 255, 18 / 255, 134 / 255], abs=1e-3)
         assert info["models"] == {} and "segmentation" in info["trainers"]
         cfg = info["strategies"]["budget"]["config"]

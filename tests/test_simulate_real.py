@@ -21,7 +21,7 @@ def test_real_tiny_simulation_end_to_end(tmp_path):
     cfg = SimulationConfig(
         out=out, epochs=1, iterations=2, seeds=1, axes=("axial",), test_scans=2, full_volumes=1,
         synth_subjects=6, synth_shape=SHAPE, synth_spacing=SPACING,
-        train_overrides={"batch_size": 1, "threads": 2}, progress=False,
+        train_overrides={"threads": 2}, progress=False,
     )
     summary = run_simulation(cfg, log=lambda m: None)
     assert (out / "data" / "participants.tsv").is_file()

@@ -26,7 +26,7 @@ def test_train_command_with_plan(synth_root, synth_dataset, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [str(synth_root), "--out", str(out), "--plan", str(plan_path),
                                    "--epochs", "1", "--preset", "tiny", "--iterations", "2", "--batch-size", "1",
-                                   "--threads", "2", "--no-progress"])
+                                   "--threads", "1", "--no-progress"])
     assert res.exit_code == 0, res.output
     ck = load_checkpoint(out / "last.pt")
     assert ck.epoch == 1 and ck.train_config["n_train"] == 2

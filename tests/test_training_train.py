@@ -14,7 +14,7 @@ from training.train import TrainConfig, TrainError, train
 
 
 def _cfg(**kw):
-    base = dict(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=1, threads=2, val_every=1,
+    base = dict(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=1, threads=1, val_every=1,
                 tensorboard=True)
     base.update(kw)
     return TrainConfig(**base)

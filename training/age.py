@@ -267,3 +267,13 @@ def evaluate_age_checkpoint(ckpt: Any, subjects: Sequence[Any], overlap: float =
     if not has_age_head(ck.model):
         raise AgeError(f"{ckpt}: the network has no age head")
     return evaluate_age(ck.model, subjects, ck.preprocess, ck.network.patch_size, overlap, device)
+
+
+def age_report_for(ckpt: Any, subjects: Sequence[Any], device: str | None = None) -> AgeReport | None:
+    """Scan-age report when ``ckpt`` is an AgeU-Net and some subjects have an age; else ``None`` (for CLIs)."""
+    from training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt, map_location=device or "cpu")
+    if not has_age_head(ck.model) or not any(getattr(s, "scan_age", None) is not None for s in subjects):
+        return None
+    return evaluate_age(ck.model, subjects, ck.preprocess, ck.network.patch_size, device=device)

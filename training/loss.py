@@ -67,13 +67,13 @@ class MaskedDiceCELoss(nn.Module):
 
     def _single(self, logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
                 onehot: torch.Tensor, n_annot: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+        logp = torch.log_softmax(logits.float(), dim=1)  # one softmax for both terms
         # CE: sum over annotated voxels / count (0 when nothing is annotated)
-        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum") / n_annot.clamp_min(1)
-        # Dice: softmax first, then mask (probabilities of ignored voxels are multiplied by 0)
-        probs = torch.softmax(logits, dim=1) * annotated
+        ce = F.nll_loss(logp, target, ignore_index=self.ignore_index, reduction="sum") / n_annot.clamp_min(1)
+        # Dice: softmax over all classes first, then mask (ignored voxels' probabilities are multiplied by 0)
+        probs = logp.exp() * annotated
         dims = (0, *range(2, logits.ndim))
-        tp = (probs * onehot).sum(dims)
+        tp = (probs * onehot).sum(dims)  # onehot is already 0 on ignored voxels
         psum = probs.sum(dims)
         tsum = onehot.sum(dims)
         dice = (2 * tp + self.smooth) / (psum + tsum + self.smooth)
@@ -96,7 +96,9 @@ class MaskedDiceCELoss(nn.Module):
         annotated_b = target != self.ignore_index
         n_annot = annotated_b.sum()
         safe = torch.where(annotated_b, target, torch.zeros_like(target))
-        onehot = F.one_hot(safe, self.num_classes).movedim(-1, 1).to(torch.float32) * annotated_b.unsqueeze(1)
+        onehot = torch.zeros((target.shape[0], self.num_classes, *target.shape[1:]), device=target.device)
+        onehot.scatter_(1, safe.unsqueeze(1), 1.0)
+        onehot *= annotated_b.unsqueeze(1)
         annotated = annotated_b.unsqueeze(1).to(torch.float32)
         weights = self.ds_weights[: len(heads)] if self.ds_weights else deep_supervision_weights(len(heads))
         total = sum(w for w in weights)

@@ -388,10 +388,11 @@ class Predictor:
         t1 = time.perf_counter()
         self.last_stats.seconds_preprocess = t1 - t0
         grow = np.ceil(16.0 / np.maximum(np.asarray(pre.meta.spacing), 1e-6)).astype(int)  # 16 mm per retry
-        for attempt in range(3):
+        attempts = 3
+        for attempt in range(attempts):
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
             logits = self.logits_cropped(img[(slice(None), *sl)])
-            if not s.head_crop or (lo == 0).all() and (hi == np.array(full)).all():
+            if not s.head_crop or attempt == attempts - 1 or (lo == 0).all() and (hi == np.array(full)).all():
                 break
             # Safety net for the head crop: a predicted non-background class on a cut face means the
             # box was too tight there; widen those faces and predict again.

@@ -33,10 +33,13 @@ def evaluate(
             chosen = [ds.get(s.strip()) for s in subjects.split(",") if s.strip()]
         progress = None if as_json else (lambda msg: typer.echo(msg, err=True))
         report = evaluate_checkpoint(ckpt, chosen, device=device, hd95=hd95, progress=progress, fast=not reference)
+        from training.age import age_report_for
+
+        age = age_report_for(ckpt, chosen, device=device)  # AgeU-Net checkpoints: scan-age MAE/MSE in weeks
     except (DatasetError, EvaluationError, CheckpointError, PredictError, NiftiError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    text = json.dumps(report.to_dict(), indent=1)
+    text = json.dumps({**report.to_dict(), **({"age": age.to_dict()} if age else {})}, indent=1)
     if out is not None:
         atomic_write_text(out, text + "\n")
-    typer.echo(text if as_json else report.to_text())
+    typer.echo(text if as_json else report.to_text() + (f"\nscan age\n{age.to_text()}" if age else ""))

@@ -29,22 +29,8 @@ def app_dir() -> Path:
 
 
 def prefer_project_packages() -> None:
-    """Put this project's packages first on the import path, here and in MONAI Label's train subprocess.
-
-    sam2 (a MONAI Label dependency) installs an unrelated top-level ``training`` package into
-    site-packages, which would otherwise shadow ours when the process does not start in the repo.
-    """
-    root = str(project_root())
-    if not (Path(root) / "training" / "labels.py").is_file():
-        return
-    if sys.path[:1] != [root]:
-        sys.path.insert(0, root)
-    mod = sys.modules.get("training")
-    if mod is not None and not str(getattr(mod, "__file__", "")).startswith(root):
-        for name in [m for m in sys.modules if m == "training" or m.startswith("training.")]:
-            del sys.modules[name]
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    """Make ``import training`` find this project's package (see ``neonatal_app/__init__.py``)."""
+    import neonatal_app  # noqa: F401 - importing it fixes sys.path / PYTHONPATH
 
 
 def server_environment(studies: Path, conf: dict[str, str], port: int) -> dict[str, str]:
@@ -111,7 +97,9 @@ def serve(
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Where the demo set lives (<workdir>/demo)."),
-    bootstrap_minutes: float = typer.Option(3.0, "--bootstrap-minutes", help="Training time of the demo's first model."),
+    bootstrap_minutes: float = typer.Option(
+        3.0, "--bootstrap-minutes", help="Training time of the demo's first model."
+    ),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Prepare studies and model, do not start."),
 ) -> None:
     """Serve a study set to 3D Slicer (MONAI Label); without --studies, a generated demo set with a first model.

@@ -18,25 +18,37 @@ def simulate(
     data: Path | None = typer.Argument(
         None, help="dHCP release-3 anatomical tree (sub-*/ses-*/anat). Omit to generate a synthetic study set."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (results, plans, figures, models). Re-run to resume."),
-    epochs: int = typer.Option(None, "--epochs", help="Epochs per model (same for every condition). Default 4."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder (results, plans, figures, models). Re-run to resume."
+    ),
+    epochs: int = typer.Option(None, "--epochs", help="Epochs per model (same for every condition). Default 6."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per condition (mean ± sd). Default 2."),
-    rounds: int = typer.Option(0, "--rounds", help="Active-learning loop mode with this many rounds (0 = static conditions)."),
-    iterations: int = typer.Option(None, "--iterations", help="Iterations per epoch (same for every model). Default 40."),
+    rounds: int = typer.Option(
+        0, "--rounds", help="Active-learning loop mode with this many rounds (0 = static conditions)."
+    ),
+    iterations: int = typer.Option(
+        None, "--iterations", help="Iterations per epoch (same for every model). Default 50."
+    ),
     dispersion: list[str] = typer.Option(
-        None, "--dispersion", help="Dispersion level(s): fraction of a scan's slices (0.33, 33%) or '1slice'. Repeatable."
+        None, "--dispersion", help="Dispersion level(s): fraction of a scan's slices (0.33, 33%) or '1slice'."
     ),
     axis: list[str] = typer.Option(
-        None, "--axis", help="Axes: sagittal, coronal, axial, random, mixed (comma list or repeated). Default: all but mixed."
+        None, "--axis", help="Axes: sagittal, coronal, axial, random, mixed (comma list). Default: all but mixed."
     ),
     selection: list[str] = typer.Option(None, "--selection", help="Slice selection: equidistant, random. Repeatable."),
-    margin: list[float] = typer.Option(None, "--margin", help="Margin(s): fraction of the brain extent excluded per end."),
+    margin: list[float] = typer.Option(
+        None, "--margin", help="Margin(s): fraction of the brain extent excluded per end."
+    ),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the full-volume baseline."),
     full_volumes: int = typer.Option(2, "--full-volumes", help="Scans of the full-volume baseline (sets the budget)."),
-    count_axis: str = typer.Option("axial", "--count-axis", help="Axis along which a full volume's slices are counted."),
+    count_axis: str = typer.Option(
+        "axial", "--count-axis", help="Axis along which a full volume's slices are counted."
+    ),
     test_scans: int = typer.Option(4, "--test-scans", help="Held-out, densely labelled test scans."),
     preset: str = typer.Option("tiny", "--preset", help="Network preset: tiny, cpu, paper."),
-    synth_subjects: int = typer.Option(None, "--synth-subjects", help="Synthetic scans to generate (no DATA). Default 16."),
+    synth_subjects: int = typer.Option(
+        None, "--synth-subjects", help="Synthetic scans to generate (no DATA). Default 16."
+    ),
     synth_shape: str = typer.Option(
         None, "--synth-shape", help="Synthetic volume shape 'X,Y,Z' (no DATA). Default 54,72,72."
     ),
@@ -47,8 +59,12 @@ def simulate(
     seed_slices: int = typer.Option(None, "--seed-slices", help="Loop: slices of the initial seed set."),
     round_slices: int = typer.Option(None, "--round-slices", help="Loop: slices annotated per round."),
     round_epochs: int = typer.Option(None, "--round-epochs", help="Loop: warm-start epochs per round."),
-    loop_axis: str = typer.Option("axial", "--loop-axis", help="Loop: slicing axis (sagittal/coronal/axial/random/mixed)."),
-    loop_dispersion: float = typer.Option(0.33, "--loop-dispersion", help="Loop: fraction of a scan's slices per visit."),
+    loop_axis: str = typer.Option(
+        "axial", "--loop-axis", help="Loop: slicing axis (sagittal/coronal/axial/random/mixed)."
+    ),
+    loop_dispersion: float = typer.Option(
+        0.33, "--loop-dispersion", help="Loop: fraction of a scan's slices per visit."
+    ),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all cores)."),
     device: str = typer.Option(None, "--device", help="Training device (cpu, cuda); default: cuda when available."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

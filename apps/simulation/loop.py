@@ -132,8 +132,9 @@ def run_loop(
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict], list[str]]:
     """All strategies × seeds × rounds; each round's result JSON is written atomically (resume)."""
-    from strategies.incremental import AssignmentState, new_state
     from tqdm.auto import tqdm
+
+    from strategies.incremental import AssignmentState, new_state
 
     settings.check()
     by_id = {e.id: e for e in entries}

@@ -36,7 +36,8 @@ CSV_COLUMNS: tuple[str, ...] = (
 """One row per condition (loop mode: strategy and round) × seed × class; class ``tissue`` is the
 mean over ``training.labels.TISSUE``."""
 
-SHORT_NAMES = {1: "CSF", 2: "cGM", 3: "WM", 4: "BG", 5: "Vent", 6: "Cereb", 7: "dGM", 8: "BStem", 9: "Hip/Amy", 0: "Out"}
+SHORT_NAMES = {0: "Out", 1: "CSF", 2: "cGM", 3: "WM", 4: "BG", 5: "Vent", 6: "Cereb", 7: "dGM", 8: "BStem",
+               9: "Hip/Amy"}
 
 
 def _f(v: Any) -> float:
@@ -146,11 +147,13 @@ def findings(results: Sequence[dict]) -> list[str]:
         if len(xs) < 2:
             continue
         worst = min(xs, key=lambda x: x["tissue_dice"])
+        verdict = ("sagittal is the weakest, as in the paper" if worst["condition"]["axis"] == "sagittal"
+                   else "not sagittal, unlike the paper")
         order = ", ".join(f"{x['condition']['axis']} {x['tissue_dice']:.3f}" for x in
                           sorted(xs, key=lambda x: -x["tissue_dice"]))
         lines.append(
             f"Weakest axis at dispersion {disp}: {worst['condition']['axis']} "
-            f"({'sagittal is the weakest, as in the paper' if worst['condition']['axis'] == 'sagittal' else 'not sagittal, unlike the paper'}); "
+            f"({verdict}); "
             f"ranking: {order}."
         )
     seeds = max(x["n"] for x in s)
@@ -179,8 +182,8 @@ def markdown(results: Sequence[dict], meta: dict) -> str:
         lines += [
             "## Conditions (mean ± sd over seeds, held-out test scans)",
             "",
-            "| condition | dispersion | axis | scans | slices | seeds | tissue Dice | all-class Dice | tissue HD95 (mm) "
-            "| train time (s) |",
+            "| condition | dispersion | axis | scans | slices | seeds | tissue Dice | all-class Dice "
+            "| tissue HD95 (mm) | train time (s) |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, rs in group(static).items():

@@ -141,7 +141,9 @@ class AnnotationService:
             "scans_touched": len([i for i, axes in a.annotated.items() if any(axes.values())]),
             "scans_total": n_images,
             "rounds": int(sum(a.visits.values())),
-            "open_leases": [{"image": lz.image, "client_id": lz.client_id, "expires_at": lz.expires_at} for lz in leases],
+            "open_leases": [
+                {"image": lz.image, "client_id": lz.client_id, "expires_at": lz.expires_at} for lz in leases
+            ],
             "labels_saved": int(st.get("labels_saved", 0)),
             "labels_since_train": int(st.get("labels_since_train", 0)),
             "last_reason": self.last_reason,
@@ -271,7 +273,7 @@ class AnnotationService:
             lease = res.state.lease_of(image=image_id)
             rec = image_record(st, image_id)
             parts = [x.to_json() for x in res.assignments]
-            if not (rec.get("last_assignment") or {}).get("parts") == parts:
+            if (rec.get("last_assignment") or {}).get("parts") != parts:
                 rec["last_assignment"] = {"parts": parts, "strategy": strategy, "client_id": client_id,
                                           "submitted": False}
         for x in res.assignments:

@@ -27,8 +27,8 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
-from neonatal_app.lib.state import STATE_DIR, StateStore, image_record, now_iso
-from neonatal_app.lib.submission import SubmissionRejected, check_submission, convert_submission
+from neonatal_app.lib.state import STATE_DIR, StateStore, now_iso
+from neonatal_app.lib.submission import SubmissionRejected, check_submission, convert_submission, remap_segments
 from training.labels import IGNORE
 from training.nifti import NiftiError, load_volume, read_header, save_volume
 
@@ -188,7 +188,7 @@ class NeolabelDatastore(LocalDatastore):
             msg = str(exc).replace(str(label_filename), "uploaded label")
             raise SubmissionRejected(f"corrupt or non-NIfTI label: {msg}", 400) from None
         shape, affine = read_header(image)
-        data = check_submission(vol.data, vol.affine, shape, affine)
+        data = check_submission(remap_segments(vol.data, info.get("label_info")), vol.affine, shape, affine)
         client_id = str(info.get("client_id") or info.get("user") or "anonymous")
 
         with self._save_lock:

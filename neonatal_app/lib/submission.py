@@ -17,7 +17,7 @@ import numpy as np
 
 from strategies.assignment import SliceAssignment
 from strategies.masks import assignment_mask, merge_partial, partial_label
-from training.labels import IGNORE, LabelError, validate_label
+from training.labels import CLASSES, IGNORE, LabelError, validate_label
 
 
 class SubmissionRejected(ValueError):
@@ -70,6 +70,40 @@ def check_submission(
         )
     except LabelError as exc:
         raise SubmissionRejected(str(exc), 400) from None
+
+
+def remap_segments(label: np.ndarray, label_info: Any) -> np.ndarray:
+    """Map the values of a Slicer export back to drawem9 classes using the plugin's ``label_info``.
+
+    Slicer numbers the exported segments by their position (``idx``), not by class; the plugin sends
+    ``[{"name": segment name, "idx": value}, ...]`` with the upload. Names are matched against the class
+    keys and names of ``training.labels``. A painted segment whose name is not a class is refused.
+    """
+    if not label_info:
+        return label
+    if not isinstance(label_info, list):
+        raise SubmissionRejected("params.label_info must be a list of {name, idx}", 400)
+    by_name = {c.key.lower(): c.value for c in CLASSES}
+    by_name.update({c.name.lower(): c.value for c in CLASSES})
+    lab = np.asarray(label)
+    out = lab.copy()
+    present = set(np.unique(lab).tolist())
+    for item in label_info:
+        if not isinstance(item, dict) or "idx" not in item or "name" not in item:
+            raise SubmissionRejected("params.label_info entries must be {name, idx}", 400)
+        try:
+            idx = int(item["idx"])
+        except (TypeError, ValueError):
+            raise SubmissionRejected(f"params.label_info idx {item['idx']!r} is not an integer", 400) from None
+        value = by_name.get(str(item["name"]).strip().lower())
+        if value is None:
+            if idx in present and idx != 0:
+                raise SubmissionRejected(
+                    f"segment {item['name']!r} is not a drawem9 class; name segments as in /info labels", 400
+                )
+            continue
+        out[lab == idx] = value
+    return out
 
 
 def convert_submission(

@@ -11,4 +11,6 @@ class BudgetStrategy(AnnotationStrategy):
     editable = True
 
     def __init__(self, service) -> None:
-        super().__init__(service, "Label budget: the admin's dispersion/axis/margin/selection, scan by scan, with leases")
+        super().__init__(
+            service, "Label budget: the admin's dispersion/axis/margin/selection, scan by scan, with leases"
+        )

@@ -18,9 +18,14 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from training.labels import label_map
+from training.labels import OUTER_BACKGROUND, label_map
 
 log = logging.getLogger(__name__)
+
+
+def slicer_label_map() -> dict[str, int]:
+    """Classes 1–9 (the plugin names segments by sorted value and treats 0 as background)."""
+    return {k: v for k, v in label_map().items() if v != OUTER_BACKGROUND}
 
 
 def resolve_device(device: str) -> str | None:
@@ -34,7 +39,7 @@ class SegmentationInfer(InferTask):
     def __init__(self, model_path: str | Path, device: str = "auto", fast: bool = True) -> None:
         super().__init__(
             type=InferType.SEGMENTATION,
-            labels=label_map(),
+            labels=slicer_label_map(),
             dimension=3,
             description="Neonatal brain drawem9 segmentation (DynUNet trained on the annotated slices)",
             config={"device": device, "fast": fast},
@@ -103,7 +108,7 @@ class SegmentationInfer(InferTask):
         os.close(fd)
         save_volume(out, label, affine, dtype="uint8")
         return out, {
-            "label_names": label_map(),
+            "label_names": slicer_label_map(),
             "model_version": self.version(),
             "latencies": {"total": round(time.perf_counter() - t0, 3)},
         }
