@@ -77,8 +77,10 @@ def loadavg() -> str:
         return "n/a"
 
 
-def quick_train(out: Path, minutes: float, crop: int, n_subjects: int, seed: int, batch: int) -> Path:
-    """Train the paper network briefly on random crops of generated 0.5 mm subjects; save a checkpoint."""
+def quick_train(
+    out: Path, minutes: float, crop: int, n_subjects: int, seed: int, batch: int, preset: str = "paper"
+) -> Path:
+    """Train a preset's network briefly on random crops of generated 0.5 mm subjects; save a checkpoint."""
     import torch
 
     from training.checkpoint import save_checkpoint
@@ -90,7 +92,7 @@ def quick_train(out: Path, minutes: float, crop: int, n_subjects: int, seed: int
     from training.synthetic import generate_subject
 
     torch.manual_seed(seed)
-    net_cfg = network_config("paper")
+    net_cfg = network_config(preset)
     pcfg = PreprocessConfig()
     cases = []
     ages = np.linspace(32.0, 44.0, n_subjects)
@@ -127,12 +129,28 @@ def quick_train(out: Path, minutes: float, crop: int, n_subjects: int, seed: int
         losses.append(float(loss.detach()))
         it += 1
         if it % 10 == 0:
-            print(f"[train] it {it} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"[train] it {it} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     model.eval()
-    save_checkpoint(out, model.to(memory_format=torch.contiguous_format), network=net_cfg, preprocess=pcfg,
-                    train_config={"bench": "inference quick_train", "crop": crop, "iterations": it, "batch": batch,
-                                  "minutes": minutes, "optimizer": "adamw", "lr": 3e-3},
-                    epoch=1, metrics={"final_loss": float(np.mean(losses[-10:])) if losses else None})
+    save_checkpoint(
+        out,
+        model.to(memory_format=torch.contiguous_format),
+        network=net_cfg,
+        preprocess=pcfg,
+        train_config={
+            "bench": "inference quick_train",
+            "crop": crop,
+            "iterations": it,
+            "batch": batch,
+            "minutes": minutes,
+            "optimizer": "adamw",
+            "lr": 3e-3,
+        },
+        epoch=1,
+        metrics={"final_loss": float(np.mean(losses[-10:])) if losses else None},
+    )
     print(f"[train] {it} iterations, saved {out}", flush=True)
     return out
 
@@ -142,7 +160,11 @@ def dice_summary(pred: np.ndarray, ref: np.ndarray) -> dict:
 
     d = dice_per_class(pred, ref)
     vals = [v for v in d.values() if not math.isnan(v)]
-    return {"mean": float(np.mean(vals)), "tissue": tissue_mean(d), "per_class": {k: round(v, 4) for k, v in d.items()}}
+    return {
+        "mean": float(np.mean(vals)),
+        "tissue": tissue_mean(d),
+        "per_class": {k: round(v, 4) for k, v in d.items()},
+    }
 
 
 def timed(predictor, vol) -> tuple[np.ndarray, float, float, dict]:
@@ -151,25 +173,40 @@ def timed(predictor, vol) -> tuple[np.ndarray, float, float, dict]:
         label, _ = predictor.predict([vol])
         dt = time.perf_counter() - t
     st = predictor.last_stats
-    info = {"roi": list(st.roi_size), "crop_shape": list(st.crop_shape), "windows": st.windows,
-            "skipped": st.skipped, "fp32_fallbacks": st.fp32_fallbacks, "autocast": st.autocast,
-            "s_preprocess": round(st.seconds_preprocess, 2), "s_network": round(st.seconds_network, 2),
-            "s_restore": round(st.seconds_restore, 2), **st.extra}
+    info = {
+        "roi": list(st.roi_size),
+        "crop_shape": list(st.crop_shape),
+        "windows": st.windows,
+        "skipped": st.skipped,
+        "fp32_fallbacks": st.fp32_fallbacks,
+        "autocast": st.autocast,
+        "s_preprocess": round(st.seconds_preprocess, 2),
+        "s_network": round(st.seconds_network, 2),
+        "s_restore": round(st.seconds_restore, 2),
+        **st.extra,
+    }
     return label, dt, mem.peak_gb, info
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", type=Path, help="checkpoint to use (default: train briefly, see --train-minutes)")
+    ap.add_argument(
+        "--ckpt", type=Path, help="checkpoint to use (default: train briefly, see --train-minutes)"
+    )
     ap.add_argument("--save-ckpt", type=Path, default=Path("/tmp/neolabel-bench/paper-quick.pt"))
     ap.add_argument("--train-minutes", type=float, default=12.0)
     ap.add_argument("--train-crop", type=int, default=96)
     ap.add_argument("--train-batch", type=int, default=1)
     ap.add_argument("--train-subjects", type=int, default=3)
+    ap.add_argument("--preset", default="paper", help="network preset trained when no --ckpt (paper | cpu)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--baseline-windows", type=int, default=0,
-                    help="time only K baseline windows and extrapolate (0 = run the full baseline)")
+    ap.add_argument(
+        "--baseline-windows",
+        type=int,
+        default=0,
+        help="time only K baseline windows and extrapolate (0 = run the full baseline)",
+    )
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--ablation", action="store_true", help="also time variants of the fast settings")
     ap.add_argument("--age", type=float, default=40.0)
@@ -192,14 +229,24 @@ def main() -> None:
             print(f"using the checkpoint from an earlier run: {ckpt}")
         else:
             args.save_ckpt.parent.mkdir(parents=True, exist_ok=True)
-            ckpt = quick_train(args.save_ckpt, args.train_minutes, args.train_crop, args.train_subjects, 0,
-                               args.train_batch)
+            ckpt = quick_train(
+                args.save_ckpt,
+                args.train_minutes,
+                args.train_crop,
+                args.train_subjects,
+                0,
+                args.train_batch,
+                args.preset,
+            )
     if args.train_only:
         return
     ck = load_checkpoint(ckpt)
     n_params = sum(p.numel() for p in ck.model.parameters())
-    print(f"network: preset {ck.network.preset}, filters {list(ck.network.filters)}, {len(ck.network.strides)} levels, "
-          f"{n_params / 1e6:.1f} M parameters, patch {list(ck.network.patch_size)}; threads {torch.get_num_threads()}")
+    print(
+        f"network: preset {ck.network.preset}, filters {list(ck.network.filters)}, "
+        f"{len(ck.network.strides)} levels, {n_params / 1e6:.1f} M parameters, "
+        f"patch {list(ck.network.patch_size)}; threads {torch.get_num_threads()}"
+    )
     s = generate_subject(args.age, seed=args.seed, shape=(217, 290, 290), spacing=0.5)
     vol = Volume(s.t2w, s.affine)
     gt = s.label
@@ -209,7 +256,12 @@ def main() -> None:
     fast = Predictor(ck.model, ck.network, ck.preprocess, device="cpu", fast=True)
     print("fast settings:", json.dumps(fast.describe()))
     fast_label, fast_s, fast_mem, fast_info = timed(fast, vol)
-    results["fast"] = {"seconds": fast_s, "peak_rss_gb": fast_mem, **fast_info, "dice_vs_gt": dice_summary(fast_label, gt)}
+    results["fast"] = {
+        "seconds": fast_s,
+        "peak_rss_gb": fast_mem,
+        **fast_info,
+        "dice_vs_gt": dice_summary(fast_label, gt),
+    }
     print(f"fast: {fast_s:.1f} s, peak +{fast_mem:.2f} GB, {fast_info}")
     print(f"fast vs GT: {results['fast']['dice_vs_gt']}")
 
@@ -218,9 +270,28 @@ def main() -> None:
     ref = Predictor(ck.model, ck.network, ck.preprocess, device="cpu", fast=False)
     if not args.skip_baseline and args.baseline_windows <= 0:
         print(f"baseline (paper settings, full run): load average {loadavg()}", flush=True)
+        inner = ref._window_logits
+        win_times: list[float] = []
+
+        def logged(x):
+            t = time.perf_counter()
+            y = inner(x)
+            win_times.append(time.perf_counter() - t)
+            if len(win_times) % 4 == 0:
+                print(
+                    f"  baseline window {len(win_times)}: mean {np.mean(win_times):.2f} s/window", flush=True
+                )
+            return y
+
+        ref._window_logits = logged
         base_label, baseline_s, base_mem, base_info = timed(ref, vol)
-        results["baseline"] = {"seconds": baseline_s, "peak_rss_gb": base_mem, "extrapolated": False, **base_info,
-                               "dice_vs_gt": dice_summary(base_label, gt)}
+        results["baseline"] = {
+            "seconds": baseline_s,
+            "peak_rss_gb": base_mem,
+            "extrapolated": False,
+            **base_info,
+            "dice_vs_gt": dice_summary(base_label, gt),
+        }
         print(f"baseline: {baseline_s:.1f} s, peak +{base_mem:.2f} GB, {base_info}")
         print(f"baseline vs GT: {results['baseline']['dice_vs_gt']}")
     elif not args.skip_baseline:
@@ -238,16 +309,24 @@ def main() -> None:
         x = torch.as_tensor(pre.image)[None]
         times = []
         with torch.inference_mode(), PeakRSS() as mem:
-            for sl in slices[len(slices) // 2: len(slices) // 2 + args.baseline_windows]:
+            for sl in slices[len(slices) // 2 : len(slices) // 2 + args.baseline_windows]:
                 t = time.perf_counter()
                 ref._window_logits(x[(slice(None), slice(None), *sl)].contiguous())
                 times.append(time.perf_counter() - t)
         per = float(np.mean(times))
         baseline_s = per * n_total
-        results["baseline"] = {"seconds": baseline_s, "extrapolated": True, "windows_timed": len(times),
-                               "windows_total": n_total, "s_per_window": per, "peak_rss_gb": mem.peak_gb}
-        print(f"baseline EXTRAPOLATED from {len(times)} of {n_total} windows: {per:.2f} s/window "
-              f"→ {baseline_s:.0f} s per volume (network only; not a measured full run)")
+        results["baseline"] = {
+            "seconds": baseline_s,
+            "extrapolated": True,
+            "windows_timed": len(times),
+            "windows_total": n_total,
+            "s_per_window": per,
+            "peak_rss_gb": mem.peak_gb,
+        }
+        print(
+            f"baseline EXTRAPOLATED from {len(times)} of {n_total} windows: {per:.2f} s/window "
+            f"→ {baseline_s:.0f} s per volume (network only; not a measured full run)"
+        )
 
     agreement = math.nan
     if base_label is not None:
@@ -271,8 +350,13 @@ def main() -> None:
         for name, kw in variants.items():
             p = Predictor(ck.model, ck.network, ck.preprocess, device="cpu", fast=True, **kw)
             lab, dt, mem, info = timed(p, vol)
-            r = {"seconds": dt, "peak_rss_gb": mem, "windows": info["windows"], "roi": info["roi"],
-                 "dice_vs_gt": dice_summary(lab, gt)["mean"]}
+            r = {
+                "seconds": dt,
+                "peak_rss_gb": mem,
+                "windows": info["windows"],
+                "roi": info["roi"],
+                "dice_vs_gt": dice_summary(lab, gt)["mean"],
+            }
             if base_label is not None:
                 r["agreement"] = dice_summary(lab, base_label)["mean"]
             results["ablation"][name] = r
@@ -285,7 +369,10 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=str))
     print(f"load average after: {loadavg()} (other processes on this machine inflate both timings)")
-    print(f"speedup={speedup:.1f} fast_s={fast_s:.1f} baseline_s={baseline_s:.1f} agreement_dice={agreement:.4f}")
+    print(
+        f"speedup={speedup:.1f} fast_s={fast_s:.1f} baseline_s={baseline_s:.1f} "
+        f"agreement_dice={agreement:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def test_head_shape_and_segmentation_unchanged():
         assert age.shape == (3,) and age.dtype == torch.float32
         assert torch.equal(seg, plain(x)) and seg.shape == (3, NUM_CLASSES, *SMALL)
         assert torch.equal(aged(x), seg)  # plain forward still returns the segmentation only
+        assert aged.age_head.last is None  # ... and does not run the head unless asked
     aged.train()
     seg_t, age_t = forward_with_age(aged, x)
     assert seg_t.ndim == 6 and age_t.shape == (3,) and age_t.requires_grad

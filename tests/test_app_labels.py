@@ -189,3 +189,45 @@ def test_slicer_segment_numbering_is_mapped_back_to_classes(studies, synth_root,
         stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
         m = assigned_mask(ref.shape, slices)
         assert np.array_equal(stored[m], ref.data[m])
+
+
+def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_path, monkeypatch):
+    """The label file, the datastore JSON and the state are each replaced atomically: a failure while
+    writing the new label leaves the previous label, valid JSON and no temporary files."""
+    import os
+
+    import training.nifti as nifti
+
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, slices = a["id"], a["slices"]
+        ref = oracle(synth_root, image_id)
+        half = [dict(slices[0], indices=slices[0]["indices"][:1])]
+        p = tmp_path / "one.nii.gz"
+        save_volume(p, painted(ref, half, stray=False), ref.affine, np.uint8)
+        assert _put(client, image_id, p).status_code == 200
+        final = studies / "labels" / "final" / f"{image_id}.nii.gz"
+        before_label = final.read_bytes()
+        before_state = (studies / ".neolabel" / "state.json").read_bytes()
+
+        b = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        assert b["id"] != image_id  # the first scan was submitted: alice moves on
+        real_replace = os.replace
+
+        def crash(src, dst):
+            if str(dst).endswith(f"final/{image_id}.nii.gz"):
+                raise OSError("disk full (simulated)")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(nifti.os, "replace", crash)
+        part = np.full(ref.shape, 255, np.uint8)
+        part[:, :, 0] = 0
+        p2 = tmp_path / "import.nii.gz"
+        save_volume(p2, part, ref.affine, np.uint8)
+        with pytest.raises(OSError, match="simulated"):
+            _put(client, image_id, p2)
+        monkeypatch.setattr(nifti.os, "replace", real_replace)
+        assert final.read_bytes() == before_label
+        assert (studies / ".neolabel" / "state.json").read_bytes() == before_state
+        json.loads((studies / "datastore_v2.json").read_text())
+        assert not list((studies / "labels" / "final").glob(".tmp-*"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,58 @@ def test_trainer_lock_refuses_a_second_training(synth_root, tmp_path):
             out = trainer({"model": "segmentation"}, app.datastore())
         assert out["status"] == "skipped" and "another training" in out["reason"]
         assert not trainer.is_running()
+
+
+def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tmp_path, monkeypatch):
+    """The trainer passes the partial labels to training.train.train, then publishes only a model that is
+    not worse on the validation set (training and evaluation are stubbed: this is about the wiring)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from test_app_strategies import make_model
+
+    import training.evaluate as ev
+    import training.train as tr
+    from neonatal_app.lib.configs.segmentation import model_path
+
+    studies = served_copy(synth_root, tmp_path)
+    seen = {}
+
+    def fake_train(cfg, subjects, out_dir, partial_labels=None, val_subjects=None, init=None, progress=True):
+        seen.update(ids=[s.id for s in subjects], partial=dict(partial_labels), val=len(val_subjects or []),
+                    init=init, amp=cfg.amp, device=cfg.device)
+        best = tmp_path / "new.pt"
+        make_model(best)
+        return SimpleNamespace(best_path=best, last_path=best, epochs_completed=1, n_train=len(subjects),
+                               best_metric=None, history=[])
+
+    scores = {}
+    monkeypatch.setattr(tr, "train", fake_train)
+    monkeypatch.setattr(ev, "evaluate_checkpoint",
+                        lambda ckpt, subjects, **kw: SimpleNamespace(tissue_dice=scores[Path(ckpt).name]))
+
+    with inprocess_app(studies, {"validation_dir": str(synth_root)}) as (client, app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        ref = oracle(synth_root, a["id"])
+        p = tmp_path / "l.nii.gz"
+        save_volume(p, painted(ref, a["slices"]), ref.affine, np.uint8)
+        assert client.put(f"/datastore/label?image={a['id']}", files={"label": ("l.nii.gz", p.read_bytes())},
+                          data={"params": "{}"}).status_code == 200
+        make_model(model_path(studies))
+        served = hashlib.sha256(model_path(studies).read_bytes()).hexdigest()
+        trainer = app._trainers["segmentation"]
+
+        scores.update({"new.pt": 0.5, "segmentation.pt": 0.7})
+        out = trainer({"model": "segmentation"}, app.datastore())
+        assert seen["ids"] == [a["id"]] and set(seen["partial"]) == {a["id"]}
+        assert str(seen["partial"][a["id"]]).endswith(f"labels/final/{a['id']}.nii.gz")
+        assert seen["val"] == 6 and seen["init"] == model_path(studies)
+        assert seen["amp"] is False and seen["device"] == "cpu"  # mixed precision only on CUDA
+        assert out["published"] is False and "kept the served model" in out["message"]
+        assert hashlib.sha256(model_path(studies).read_bytes()).hexdigest() == served
+        assert client.get("/info/").json()["train_stats"]["segmentation"]["published"] is False
+
+        scores.update({"new.pt": 0.8})
+        out = trainer({"model": "segmentation"}, app.datastore())
+        assert out["published"] is True
+        assert hashlib.sha256(model_path(studies).read_bytes()).hexdigest() != served

@@ -19,7 +19,7 @@ def _label(shape=(24, 26, 22), seed=0) -> np.ndarray:
     for c in (1, 2, 3, 5, 6):
         lo = rng.integers(4, 10, 3)
         size = rng.integers(4, 9, 3)
-        lab[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]] = c
+        lab[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]] = c
     return lab
 
 
@@ -78,6 +78,7 @@ def test_partial_reference_counts_annotated_only():
 
 def _brute_hd95(a: np.ndarray, b: np.ndarray, spacing) -> float:
     """Independent HD95: surface voxels by 6-neighbourhood, all pairwise distances."""
+
     def surface(m):
         pad = np.pad(m, 1)
         core = pad[1:-1, 1:-1, 1:-1]
@@ -105,8 +106,13 @@ def test_hd95_against_independent_computations(spacing):
     h = hd95_per_class(a, b, spacing)
     for c in (2, 6):
         assert h[c] == pytest.approx(_brute_hd95(a == c, b == c, spacing), abs=1e-6)
-        monai = compute_hausdorff_distance((a == c)[None, None], (b == c)[None, None], include_background=True,
-                                           percentile=95, spacing=list(spacing))
+        monai = compute_hausdorff_distance(
+            (a == c)[None, None],
+            (b == c)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=list(spacing),
+        )
         assert h[c] == pytest.approx(float(monai.ravel()[0]), abs=1e-4)
 
 
@@ -126,14 +132,34 @@ def test_evaluate_cli_json(tmp_path, synth_root):
 
     torch.manual_seed(0)
     cfg = network_config("tiny")
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_network(cfg).eval(), network=cfg,
-                           preprocess=PreprocessConfig(), train_config={}, epoch=1, metrics={})
+    ckpt = save_checkpoint(
+        tmp_path / "tiny.pt",
+        build_network(cfg).eval(),
+        network=cfg,
+        preprocess=PreprocessConfig(),
+        train_config={},
+        epoch=1,
+        metrics={},
+    )
     out = tmp_path / "report.json"
     from training.data import open_dataset
 
     ids = [s.id for s in open_dataset(synth_root).with_labels()[:2]]
-    res = CliRunner().invoke(app, ["evaluate", str(ckpt), str(synth_root), "--json", "--out", str(out),
-                                   "--device", "cpu", "--subjects", ",".join(ids)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(ckpt),
+            str(synth_root),
+            "--json",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--subjects",
+            ",".join(ids),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert rep == json.loads(out.read_text())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
@@ -44,7 +43,9 @@ def test_fast_machinery_matches_monai_reference(tiny):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 40, 48, 36, generator=g)
     ref = _reference_logits(model, x, (32, 32, 32), 0.5, "constant")
-    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.5, blend="constant", head_crop=False)
+    p = _predictor(
+        tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.5, blend="constant", head_crop=False
+    )
     got = p.logits_cropped(x)
     assert got.shape == ref.shape
     assert p.last_stats.windows == math.prod(_n_windows(s, 32, 0.5) for s in x.shape[1:])
@@ -57,7 +58,9 @@ def test_gaussian_blending_matches_reference(tiny):
     model, _ = tiny
     x = torch.randn(1, 44, 36, 40, generator=torch.Generator().manual_seed(2))
     ref = _reference_logits(model, x, (32, 32, 32), 0.25, "gaussian")
-    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.25, blend="gaussian", head_crop=False)
+    p = _predictor(
+        tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.25, blend="gaussian", head_crop=False
+    )
     got = p.logits_cropped(x)
     assert float((torch.softmax(ref, 0) - torch.softmax(got, 0)).abs().max()) < 1e-2
     assert float((ref.argmax(0) == got.argmax(0)).float().mean()) >= 0.99
@@ -106,7 +109,9 @@ def test_skip_empty_windows(tiny):
     lab = p.logits_cropped(x).argmax(0)
     assert p.last_stats.windows == 3 and p.last_stats.skipped == 2
     assert bool((lab[32:] == 0).all())
-    q = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.0, head_crop=False, skip_empty=False)
+    q = _predictor(
+        tiny, precision="fp32", roi_size=(32, 32, 32), overlap=0.0, head_crop=False, skip_empty=False
+    )
     full = q.logits_cropped(x).argmax(0)
     assert q.last_stats.skipped == 0
     assert torch.equal(full[:32], lab[:32])  # computed windows are unaffected
@@ -129,8 +134,16 @@ def test_fp32_fallback_on_nonfinite_autocast_output(tiny):
             return out
 
     x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(6))
-    p = Predictor(NaNUnderAutocast(), cfg, PreprocessConfig(), device="cpu", precision="bf16", head_crop=False,
-                  fast_norm=False, channels_last=False)
+    p = Predictor(
+        NaNUnderAutocast(),
+        cfg,
+        PreprocessConfig(),
+        device="cpu",
+        precision="bf16",
+        head_crop=False,
+        fast_norm=False,
+        channels_last=False,
+    )
     got = p.logits_cropped(x)
     assert p.last_stats.fp32_fallbacks >= 1
     assert bool(torch.isfinite(got).all())

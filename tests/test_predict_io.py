@@ -31,11 +31,15 @@ def subject():
 def ckpt(tmp_path_factory, tiny):
     model, cfg = tiny
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, network=cfg, preprocess=PreprocessConfig(), train_config={}, epoch=1, metrics={})
+    save_checkpoint(
+        path, model, network=cfg, preprocess=PreprocessConfig(), train_config={}, epoch=1, metrics={}
+    )
     return path
 
 
-def _reoriented(vol: Volume, codes: tuple[str, str, str], perm_first: bool = False) -> tuple[Volume, np.ndarray]:
+def _reoriented(
+    vol: Volume, codes: tuple[str, str, str], perm_first: bool = False
+) -> tuple[Volume, np.ndarray]:
     """The same physical image stored with other voxel axes; returns it and the orientation transform."""
     start = nib.orientations.io_orientation(vol.affine)
     ornt = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(codes))
@@ -56,8 +60,12 @@ def test_any_orientation_keeps_shape_affine_and_anatomy(tiny, subject, codes):
     np.testing.assert_allclose(affine, vol.affine)
     assert nib.aff2axcodes(affine) == codes
     # back in the original voxel order it is the same segmentation (the network saw the same RAS array)
-    back = nib.orientations.apply_orientation(label, nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(vol.affine), nib.orientations.io_orientation(base.affine)))
+    back = nib.orientations.apply_orientation(
+        label,
+        nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(vol.affine), nib.orientations.io_orientation(base.affine)
+        ),
+    )
     np.testing.assert_array_equal(back, ref_label)
 
 
@@ -92,12 +100,16 @@ def test_head_crop_pastes_background_outside(tiny, subject):
     model, cfg = tiny
     p = Predictor(model, cfg, PreprocessConfig(), device="cpu", precision="fp32")
     pad = 24  # 72 mm: more than the margin plus the widening retries (random weights trigger them)
-    big = np.zeros(tuple(s + 2 * pad for s in subject.t2w.shape), np.float32)
+    # noisy air like the scanner's (non-zero, so preprocess's non-zero crop keeps it all)
+    air = subject.t2w[subject.label == 0]
+    rng = np.random.default_rng(0)
+    big = rng.choice(air, size=tuple(s + 2 * pad for s in subject.t2w.shape)).astype(np.float32)
     big[pad:-pad, pad:-pad, pad:-pad] = subject.t2w
     aff = subject.affine.copy()
     aff[:3, 3] -= aff[:3, :3] @ np.full(3, pad)
     label, _ = p.predict([Volume(big, aff)])
     assert label.shape == big.shape
+    assert p.last_stats.extra["preprocessed_shape"] == list(big.shape)
     box = p.last_stats.extra["head_box"]  # RAS grid = voxel grid here (the synthetic affine is RAS)
     assert all(b[0] > 0 and b[1] < s for b, s in zip(box, big.shape, strict=True))
     inside = np.zeros(big.shape, bool)
@@ -142,8 +154,19 @@ def test_infer_cli(tmp_path, ckpt, subject):
 
     img = save_volume(tmp_path / "t2.nii.gz", subject.t2w, subject.affine)
     out = tmp_path / "seg.nii.gz"
-    res = CliRunner().invoke(app, ["infer", str(ckpt), str(img), str(out), "--probabilities",
-                                   str(tmp_path / "p.nii.gz"), "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "infer",
+            str(ckpt),
+            str(img),
+            str(out),
+            "--probabilities",
+            str(tmp_path / "p.nii.gz"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     seg = load_volume(out)
     assert seg.data.shape == subject.t2w.shape

@@ -198,9 +198,17 @@ def test_resume_skips_finished_conditions(tmp_path, sim_root):
     with pytest.raises(KeyboardInterrupt):
         _run(cfg, interrupted)
     assert len(list(out.glob("runs/*/seed*/result.json"))) == 2
+    # The third model was interrupted during training: pretend it had written an epoch checkpoint.
+    started = [p.parent for p in out.glob("runs/*/seed*/model/simulation-key.txt")
+               if not (p.parent.parent / "result.json").exists()]
+    assert len(started) == 1
+    (started[0] / "last.pt").write_text("epoch checkpoint")
     resumed = FakeBackend()
     summary = _run(cfg, resumed)
     assert len(resumed.jobs) == 6 - 2  # the two finished models are not retrained
+    # ... and the interrupted one continues from its last epoch instead of starting over.
+    assert [j.settings.get("resume", False) for j in resumed.jobs] == [True, False, False, False]
+    assert resumed.jobs[0].out_dir == started[0]
     assert len(summary.skipped) == 2 and len(summary.results) == 6
     again = FakeBackend()
     summary = _run(cfg, again)

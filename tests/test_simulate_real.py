@@ -21,7 +21,7 @@ def test_real_tiny_simulation_end_to_end(tmp_path):
     cfg = SimulationConfig(
         out=out, epochs=1, iterations=2, seeds=1, axes=("axial",), test_scans=2, full_volumes=1,
         synth_subjects=6, synth_shape=SHAPE, synth_spacing=SPACING,
-        train_overrides={"threads": 2}, progress=False,
+        train_overrides={"threads": 1}, progress=False,
     )
     summary = run_simulation(cfg, log=lambda m: None)
     assert (out / "data" / "participants.tsv").is_file()
@@ -52,7 +52,7 @@ def test_real_tiny_simulation_end_to_end(tmp_path):
     res = CliRunner().invoke(app, ["--out", str(out), "--epochs", "1", "--iterations", "2", "--seeds", "1",
                                    "--axis", "axial", "--test-scans", "2", "--full-volumes", "1",
                                    "--synth-subjects", "6", "--synth-shape", "32,40,40", "--synth-spacing", "3.4",
-                                   "--threads", "2", "--quiet"])
+                                   "--threads", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "2 result(s), 2 reused" in res.output
     assert "| d33-axial |" in res.output

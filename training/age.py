@@ -65,14 +65,18 @@ class AgeHead(nn.Module):
         self.fc = nn.Linear(hidden, 1)
         nn.init.zeros_(self.fc.bias)  # start at the normalisation centre (40 weeks)
         self.last: torch.Tensor | None = None
+        # The hook computes the age only when asked (forward_with_age, AgeTraining): segmentation-only
+        # inference (Predictor, validation windows of any size) pays nothing for the head.
+        self.active = False
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = self.act(self.norm(self.conv(features)))
         return self.fc(self.pool(h).flatten(1)).squeeze(1).float()
 
     def capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        """Forward hook on the bottleneck: compute and keep the age for this forward pass."""
-        self.last = self(output)
+        """Forward hook on the bottleneck: compute and keep the age for this forward pass (when active)."""
+        if self.active:
+            self.last = self(output)
 
     def pop(self) -> torch.Tensor:
         """The age of the last forward pass (and forget it, so no stale graph is kept alive)."""
@@ -113,9 +117,14 @@ def forward_with_age(model: nn.Module, x: torch.Tensor) -> tuple[Any, torch.Tens
     """``(segmentation output, normalised age (B,))`` of one forward pass."""
     if not has_age_head(model):
         raise AgeError("this network has no age head (build it with NetworkConfig.age_head = True)")
-    model.age_head.last = None
-    seg = model(x)
-    return seg, model.age_head.pop()
+    head = model.age_head
+    head.last, was_active = None, head.active
+    head.active = True
+    try:
+        seg = model(x)
+    finally:
+        head.active = was_active
+    return seg, head.pop()
 
 
 def age_loss(seg_loss: torch.Tensor, age_pred: torch.Tensor, age_target_weeks: torch.Tensor,
@@ -137,6 +146,7 @@ class AgeTraining:
         if not has_age_head(model):
             raise AgeError("age training needs a network with an age head")
         self.model = model
+        model.age_head.active = True  # every training forward pass now also predicts the age
         self.ages = torch.as_tensor(np.asarray(case_ages, dtype=np.float32))
         self.alpha = float(alpha)
         self.mse_history: list[float] = []

@@ -155,7 +155,8 @@ class EvaluationReport:
 
     def _mean(self, attr: str) -> dict[int, float]:
         return {
-            c: _nanmean(getattr(s, attr).get(c, math.nan) for s in self.subjects) for c in range(L.NUM_CLASSES)
+            c: _nanmean(getattr(s, attr).get(c, math.nan) for s in self.subjects)
+            for c in range(L.NUM_CLASSES)
         }
 
     @property
@@ -222,12 +223,17 @@ class EvaluationReport:
         def f(v: float, fmt: str) -> str:
             return "n/a" if math.isnan(v) else format(v, fmt)
 
-        lines = [f"{len(self.subjects)} subject(s)" + (f", checkpoint {self.checkpoint}" if self.checkpoint else "")]
+        lines = [
+            f"{len(self.subjects)} subject(s)"
+            + (f", checkpoint {self.checkpoint}" if self.checkpoint else "")
+        ]
         lines.append(f"{'class':<36}{'Dice':>8}{'HD95 mm':>10}")
         for c in range(L.NUM_CLASSES):
             lines.append(f"{c} {names[c]:<34}{f(md[c], '.4f'):>8}{f(mh[c], '.2f'):>10}")
-        lines.append(f"{'tissue mean (' + ','.join(map(str, L.TISSUE)) + ')':<36}"
-                     f"{f(self.tissue_dice, '.4f'):>8}{f(self.tissue_hd95, '.2f'):>10}")
+        lines.append(
+            f"{'tissue mean (' + ','.join(map(str, L.TISSUE)) + ')':<36}"
+            f"{f(self.tissue_dice, '.4f'):>8}{f(self.tissue_hd95, '.2f'):>10}"
+        )
         lines.append(f"{'all classes mean':<36}{f(self.all_classes_dice, '.4f'):>8}")
         return "\n".join(lines)
 
@@ -257,7 +263,7 @@ def evaluate_predictor(
     hd95: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
-    """Predict every labelled subject with ``predictor`` (a :class:`training.predict.Predictor`) and score it."""
+    """Predict every labelled subject with ``predictor`` (a ``training.predict.Predictor``); score it."""
     import time
 
     from training.nifti import load_volume
@@ -272,8 +278,13 @@ def evaluate_predictor(
         pred, affine = predictor.predict(images)
         dt = time.perf_counter() - t0
         ref = load_volume(s.label)
-        L.validate_label(ref.data, image_shape=pred.shape, label_affine=ref.affine, image_affine=affine,
-                         what=f"label of {s.id}")
+        L.validate_label(
+            ref.data,
+            image_shape=pred.shape,
+            label_affine=ref.affine,
+            image_affine=affine,
+            what=f"label of {s.id}",
+        )
         spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
         m = evaluate_arrays(s.id, pred, ref.data, spacing, hd95=hd95)
         m.seconds = dt

@@ -22,7 +22,10 @@ equals ``full``; with the 6-level ``paper`` preset the two outer levels stay fro
 An age head (``training.age``) sits on the bottleneck and trains whenever the bottleneck does.
 
 Frozen parameters get ``requires_grad = False`` *and* must be left out of the optimiser
-(:func:`trainable_parameters`): then neither weight decay nor momentum can move them.
+(:func:`trainable_parameters`): then neither weight decay nor momentum can move them. Our
+network normalises with instance norm without running statistics, so a frozen block has no
+state that ``model.train()`` could still change (a BatchNorm variant would need its frozen
+blocks kept in eval mode).
 """
 
 from __future__ import annotations

@@ -63,8 +63,16 @@ class InferenceSettings:
 def reference_settings(patch_size: Sequence[int]) -> InferenceSettings:
     """The paper's inference settings (the baseline every speed-up is compared against)."""
     return InferenceSettings(
-        roi_size=tuple(int(p) for p in patch_size), overlap=0.5, blend="constant", sw_batch_size=1,
-        precision="fp32", skip_empty=False, channels_last=False, tta=False, head_crop=False, fast_norm=False,
+        roi_size=tuple(int(p) for p in patch_size),
+        overlap=0.5,
+        blend="constant",
+        sw_batch_size=1,
+        precision="fp32",
+        skip_empty=False,
+        channels_last=False,
+        tta=False,
+        head_crop=False,
+        fast_norm=False,
     )
 
 
@@ -73,12 +81,27 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
     dev = torch.device(device)
     if dev.type == "cuda":
         return InferenceSettings(
-            roi_size=None, overlap=0.25, blend="gaussian", sw_batch_size=2, precision="auto",
-            skip_empty=True, channels_last=True, max_window_voxels=256 * 320 * 256, head_crop=True, fast_norm=True,
+            roi_size=None,
+            overlap=0.25,
+            blend="gaussian",
+            sw_batch_size=2,
+            precision="auto",
+            skip_empty=True,
+            channels_last=True,
+            max_window_voxels=256 * 320 * 256,
+            head_crop=True,
+            fast_norm=True,
         )
     return InferenceSettings(
-        roi_size=None, overlap=0.125, blend="gaussian", sw_batch_size=1, precision="auto",
-        skip_empty=True, channels_last=True, head_crop=True, fast_norm=True,
+        roi_size=None,
+        overlap=0.125,
+        blend="gaussian",
+        sw_batch_size=1,
+        precision="auto",
+        skip_empty=True,
+        channels_last=True,
+        head_crop=True,
+        fast_norm=True,
     )
 
 
@@ -210,8 +233,10 @@ class Predictor:
         threads: int | None = None,
         **overrides: Any,
     ) -> None:
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise PredictError(f"device {device!r} requested but CUDA is not available")
@@ -253,7 +278,9 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
         # background value of the normalised image (preprocess keeps zeros at 0 with normalize_nonzero)
-        self.background_value: float | None = 0.0 if getattr(preprocess_cfg, "normalize_nonzero", False) else None
+        self.background_value: float | None = (
+            0.0 if getattr(preprocess_cfg, "normalize_nonzero", False) else None
+        )
         self.last_stats = PredictionStats()
 
     # ------------------------------------------------------------------ construction helpers
@@ -269,7 +296,9 @@ class Predictor:
 
     def describe(self) -> dict:
         d = asdict(self.settings)
-        d.update(device=str(self.device), autocast=str(self.autocast_dtype), divisor=self.divisor, fast=self.fast)
+        d.update(
+            device=str(self.device), autocast=str(self.autocast_dtype), divisor=self.divisor, fast=self.fast
+        )
         return d
 
     # ------------------------------------------------------------------ core
@@ -289,8 +318,10 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         flips: list[tuple[int, ...]] = [()]
         if s.tta:
-            flips = [tuple(ax for ax, on in zip((2, 3, 4), bits, strict=True) if on)
-                     for bits in product((0, 1), repeat=3)]
+            flips = [
+                tuple(ax for ax, on in zip((2, 3, 4), bits, strict=True) if on)
+                for bits in product((0, 1), repeat=3)
+            ]
         acc = None
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
@@ -315,8 +346,12 @@ class Predictor:
                 return self._window_logits(window)
             img, fg = window[:, :n_channels], window[:, n_channels]
             has_fg = fg.flatten(1).amax(dim=1) > 0
-            out = torch.full((window.shape[0], self.num_classes, *window.shape[2:]), s.fill_logit,
-                             dtype=torch.float32, device=window.device)
+            out = torch.full(
+                (window.shape[0], self.num_classes, *window.shape[2:]),
+                s.fill_logit,
+                dtype=torch.float32,
+                device=window.device,
+            )
             out[:, L.OUTER_BACKGROUND] = 0.0
             n_skip = int((~has_fg).sum())
             self.last_stats.skipped += n_skip
@@ -327,7 +362,7 @@ class Predictor:
         return run
 
     def logits_cropped(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Blended logits (K, X, Y, Z) float32 on the preprocessed (cropped) grid of ``image`` (C, X, Y, Z)."""
+        """Blended logits (K, X, Y, Z) float32 on the grid of the preprocessed ``image`` (C, X, Y, Z)."""
         from monai.inferers import sliding_window_inference
 
         s = self.settings
@@ -336,21 +371,38 @@ class Predictor:
             raise PredictError(f"expected a (C, X, Y, Z) array, got shape {tuple(x.shape)}")
         n_channels = int(x.shape[0])
         shape = tuple(int(v) for v in x.shape[1:])
-        roi = s.roi_size or plan_roi(shape, self.divisor, overlap=s.overlap, max_window_voxels=s.max_window_voxels,
-                                     max_windows_per_axis=s.max_windows_per_axis)
+        roi = s.roi_size or plan_roi(
+            shape,
+            self.divisor,
+            overlap=s.overlap,
+            max_window_voxels=s.max_window_voxels,
+            max_windows_per_axis=s.max_windows_per_axis,
+        )
         if any(r % d for r, d in zip(roi, self.divisor, strict=True)):
-            raise PredictError(f"roi_size {roi} must be a multiple of the network's total stride {self.divisor}")
+            raise PredictError(
+                f"roi_size {roi} must be a multiple of the network's total stride {self.divisor}"
+            )
         self.last_stats.roi_size, self.last_stats.crop_shape = tuple(roi), shape
-        self.last_stats.autocast = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
+        self.last_stats.autocast = (
+            str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
+        )
         inp = x
         if s.skip_empty:
             inp = torch.cat([x, foreground_mask(x, self.background_value).unsqueeze(0).to(x.dtype)], dim=0)
         inp = inp.unsqueeze(0).to(self.device)
         with torch.inference_mode():
             out = sliding_window_inference(
-                inp, roi_size=roi, sw_batch_size=s.sw_batch_size, predictor=self._window_predictor(n_channels),
-                overlap=s.overlap, mode=s.blend, sigma_scale=s.sigma_scale, padding_mode="constant", cval=0.0,
-                sw_device=self.device, device=self.device,
+                inp,
+                roi_size=roi,
+                sw_batch_size=s.sw_batch_size,
+                predictor=self._window_predictor(n_channels),
+                overlap=s.overlap,
+                mode=s.blend,
+                sigma_scale=s.sigma_scale,
+                padding_mode="constant",
+                cval=0.0,
+                sw_device=self.device,
+                device=self.device,
             )
         return torch.as_tensor(out)[0].float()
 
@@ -363,7 +415,8 @@ class Predictor:
         n_mod = len(getattr(self.preprocess_cfg, "modalities", ("T2w",)))
         if len(items) != n_mod:
             raise PredictError(
-                f"the model expects {n_mod} image(s) ({', '.join(self.preprocess_cfg.modalities)}), got {len(items)}"
+                f"the model expects {n_mod} image(s) ({', '.join(self.preprocess_cfg.modalities)}), "
+                f"got {len(items)}"
             )
         first = items[0]
         if isinstance(first, Volume):
@@ -373,7 +426,7 @@ class Predictor:
         return preprocess(items, None, self.preprocess_cfg), tuple(shape), affine
 
     def _run(self, images: Any) -> tuple[torch.Tensor, tuple[slice, ...], Any, tuple[int, ...], np.ndarray]:
-        """Logits on the head box of the preprocessed grid, the box, the preprocess meta, input shape/affine."""
+        """Logits on the head box of the preprocessed grid, that box, the meta, the input shape and affine."""
         self.last_stats = PredictionStats()
         s = self.settings
         t0 = time.perf_counter()
@@ -415,7 +468,7 @@ class Predictor:
         return logits, sl, pre.meta, shape, affine
 
     def predict_probabilities(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (K, X, Y, Z) float32 in the input's grid (outside the head box: background 1)."""
+        """Class probabilities (K, X, Y, Z) float32 on the input's grid (background 1 outside the head)."""
         from training.preprocess import restore
 
         logits, sl, meta, shape, affine = self._run(images)

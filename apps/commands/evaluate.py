@@ -12,12 +12,18 @@ def evaluate(
     data: Path = typer.Argument(..., help="dHCP tree or folder of NIfTI images with dense labels."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON report to this file."),
-    subjects: str | None = typer.Option(None, "--subjects", help="Comma-separated subject ids (default: all labelled)."),
-    hd95: bool = typer.Option(True, "--hd95/--no-hd95", help="Compute HD95 (the slow part on large volumes)."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda if available)."),
+    subjects: str | None = typer.Option(
+        None, "--subjects", help="Comma-separated subject ids (default: all labelled)."
+    ),
+    hd95: bool = typer.Option(
+        True, "--hd95/--no-hd95", help="Compute HD95 (the slow part on large volumes)."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda | cuda:N (default: cuda if available)."
+    ),
     reference: bool = typer.Option(False, "--reference", help="Predict with the paper's slow settings."),
 ) -> None:
-    """Evaluate CKPT on the labelled scans of DATA (Dice NaN = class absent in both; HD95 NaN = absent in either)."""
+    """Score CKPT on DATA's labelled scans (Dice NaN: class absent in both; HD95 NaN: absent in either)."""
     import json
 
     from training.checkpoint import CheckpointError
@@ -32,7 +38,9 @@ def evaluate(
         if subjects:
             chosen = [ds.get(s.strip()) for s in subjects.split(",") if s.strip()]
         progress = None if as_json else (lambda msg: typer.echo(msg, err=True))
-        report = evaluate_checkpoint(ckpt, chosen, device=device, hd95=hd95, progress=progress, fast=not reference)
+        report = evaluate_checkpoint(
+            ckpt, chosen, device=device, hd95=hd95, progress=progress, fast=not reference
+        )
         from training.age import age_report_for
 
         age = age_report_for(ckpt, chosen, device=device)  # AgeU-Net checkpoints: scan-age MAE/MSE in weeks

@@ -15,12 +15,20 @@ def infer(
     probabilities: Path | None = typer.Option(
         None, "--probabilities", help="Also write class probabilities (4D float32 NIfTI, 10 volumes)."
     ),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Mirror test-time augmentation (8 flips, 8× slower)."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda if available)."),
-    reference: bool = typer.Option(
-        False, "--reference", help="The paper's slow settings (128³ windows, overlap 0.5, fp32) for comparisons."
+    tta: bool = typer.Option(
+        False, "--tta/--no-tta", help="Mirror test-time augmentation (8 flips, 8× slower)."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda | cuda:N (default: cuda if available)."
+    ),
+    reference: bool = typer.Option(
+        False,
+        "--reference",
+        help="The paper's slow settings (128³ windows, overlap 0.5, fp32) for comparisons.",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's choice)."
+    ),
 ) -> None:
     """Segment IMAGE with the model in CKPT and write the label to OUT."""
     import time
@@ -31,7 +39,9 @@ def infer(
     from training.preprocess import PreprocessError
 
     try:
-        predictor = Predictor.from_checkpoint(ckpt, device=device, fast=not reference, tta=tta, threads=threads)
+        predictor = Predictor.from_checkpoint(
+            ckpt, device=device, fast=not reference, tta=tta, threads=threads
+        )
         mods = tuple(predictor.preprocess_cfg.modalities)
         if "T1w" in mods and t1w is None:
             raise PredictError(f"this model was trained on {', '.join(mods)}: pass the T1w image with --t1w")
@@ -46,8 +56,9 @@ def infer(
         raise typer.Exit(1) from exc
     st = predictor.last_stats
     typer.echo(
-        f"wrote {written} in {time.perf_counter() - t0:.1f} s ({st.windows} window(s) of {list(st.roi_size)}, "
-        f"{st.skipped} skipped, {st.autocast}, device {predictor.device})"
+        f"wrote {written} in {time.perf_counter() - t0:.1f} s "
+        f"({st.windows} window(s) of {list(st.roi_size)}, {st.skipped} skipped, {st.autocast}, "
+        f"device {predictor.device})"
     )
     if probabilities is not None:
         typer.echo(f"wrote {probabilities}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from apps.simulation.backend import EvaluateFn, ProbabilitiesFn, TrainFn, TrainJob, check_scores
 from apps.simulation.data import Oracle, SimulationError, Split
-from apps.simulation.store import read_result, settings_key, write_json
+from apps.simulation.store import prepare_model_dir, read_result, settings_key, write_json
 
 LOOP_STRATEGIES: tuple[str, ...] = ("uncertainty", "random", "equidistant")
 _CLOCK0 = datetime(2026, 1, 1, tzinfo=timezone.utc)  # simulated time: deterministic leases
@@ -149,8 +149,11 @@ def run_loop(
         per_image = state_assignments(state, strategy, by_id)
         labels = {i: oracle.partial_label(i, asg) for i, asg in per_image.items()}
         subjects = [pool[i] for i in sorted(per_image)]
+        job_settings = dict(train_settings)
+        if prepare_model_dir(run_dir / "model", key):
+            job_settings["resume"] = True
         job = TrainJob(name=name, seed=seed, subjects=subjects, partial_labels=labels, out_dir=run_dir / "model",
-                       epochs=epochs, init=init, settings=dict(train_settings), progress=progress)
+                       epochs=epochs, init=init, settings=job_settings, progress=progress)
         outcome = train_fn(job)
         t1 = time.perf_counter()
         scores = check_scores(evaluate_fn(outcome.checkpoint, list(split.test)))

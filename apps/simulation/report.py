@@ -268,11 +268,13 @@ def figures(out: Path, results: Sequence[dict]) -> list[Path]:
             ax.scatter(np.full(vals.size, i), vals, color="k", s=12, zorder=3)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right")
-        ax.set_ylabel("tissue Dice (test scans)")
+        ax.set_ylabel("tissue Dice (test scans; axis zoomed)")
         ax.set_title("Tissue Dice by condition (mean ± sd over seeds; dots = seeds)")
-        lo = np.nanmin([_f(r["scores"]["tissue_dice"]) for r in static])
-        if not math.isnan(lo):
-            ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+        vals_all = [_f(r["scores"]["tissue_dice"]) for r in static]
+        if not all(math.isnan(v) for v in vals_all):
+            lo, hi = np.nanmin(vals_all), np.nanmax(vals_all)
+            pad = max(0.02, 0.25 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))  # zoomed: differences between conditions matter
         written.append(_savefig(fig, out / "dice_by_condition.png"))
         plt.close(fig)
 

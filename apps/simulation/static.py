@@ -19,7 +19,7 @@ from apps.simulation.plans import (
     count_volumes,
     pool_order,
 )
-from apps.simulation.store import read_result, settings_key, write_json
+from apps.simulation.store import prepare_model_dir, read_result, settings_key, write_json
 
 
 @dataclass
@@ -133,6 +133,9 @@ def run_job(
             labels[image_id] = oracle.partial_label(image_id, asg)
     subjects = [pool[i] for i in sorted(by_image)]
     run_dir = result_path(out, job).parent
+    settings = dict(train_settings)
+    if prepare_model_dir(run_dir / "model", key):
+        settings["resume"] = True  # continue an interrupted model from its last epoch
     train_job = TrainJob(
         name=job.condition.name,
         seed=job.seed,
@@ -141,7 +144,7 @@ def run_job(
         out_dir=run_dir / "model",
         epochs=epochs,
         init=None,
-        settings=dict(train_settings),
+        settings=settings,
         progress=progress,
     )
     t0 = time.perf_counter()

@@ -44,3 +44,20 @@ def read_result(path: Path, key: str) -> dict | None:
     if not isinstance(data, dict) or data.get("key") != key or data.get("status") != "done":
         return None
     return data
+
+
+def prepare_model_dir(model_dir: Path, key: str) -> bool:
+    """Whether training may resume from ``model_dir/last.pt`` (an interrupted model with the same key).
+
+    A model folder left by other settings is cleared, so a stale checkpoint is never continued.
+    """
+    import shutil
+
+    marker = model_dir / "simulation-key.txt"
+    if marker.is_file() and marker.read_text().strip() == key and (model_dir / "last.pt").is_file():
+        return True
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, key + "\n")
+    return False

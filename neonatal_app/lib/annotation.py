@@ -312,7 +312,7 @@ class AnnotationService:
             kind = "frame"
         self.datastore.store_label_array(
             image_id, out, affine, "original",
-            {"assignment": [x.to_json() for x in assignments], "kind": kind, "internal": True},
+            {"assignment": [x.to_json() for x in assignments], "kind": kind},
         )
         return kind
 

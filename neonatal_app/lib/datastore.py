@@ -176,7 +176,7 @@ class NeolabelDatastore(LocalDatastore):
     def _save_label(self, image_id: str, label_filename: str, tag: str, info: dict[str, Any]) -> str:
         check_id(image_id, "image id")
         check_tag(tag)
-        if tag in RESERVED_TAGS and not info.get("internal"):
+        if tag in RESERVED_TAGS:
             raise SubmissionRejected(f"the {tag!r} label is written by the server; submit annotations as 'final'", 400)
         image = self.image_path(image_id)
         name = os.path.basename(str(label_filename))
