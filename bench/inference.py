@@ -169,11 +169,12 @@ def dice_summary(pred: np.ndarray, ref: np.ndarray) -> dict:
 
 def timed(predictor, vol) -> tuple[np.ndarray, float, float, dict]:
     with PeakRSS() as mem:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         label, _ = predictor.predict([vol])
-        dt = time.perf_counter() - t
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
     st = predictor.last_stats
     info = {
+        "cpu_s": round(cpu, 1),
         "roi": list(st.roi_size),
         "crop_shape": list(st.crop_shape),
         "windows": st.windows,
@@ -307,14 +308,17 @@ def main() -> None:
         slices = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, (0.5,) * 3))
         n_total = len(slices)
         x = torch.as_tensor(pre.image)[None]
-        times = []
+        times, cpus = [], []
         with torch.inference_mode(), PeakRSS() as mem:
             for sl in slices[len(slices) // 2 : len(slices) // 2 + args.baseline_windows]:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 ref._window_logits(x[(slice(None), slice(None), *sl)].contiguous())
                 times.append(time.perf_counter() - t)
+                cpus.append(time.process_time() - c)
+                print(f"  baseline window: {times[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU", flush=True)
         per = float(np.mean(times))
         baseline_s = per * n_total
+        results["baseline_cpu_s_extrapolated"] = float(np.mean(cpus)) * n_total
         results["baseline"] = {
             "seconds": baseline_s,
             "extrapolated": True,
@@ -364,6 +368,14 @@ def main() -> None:
 
     results["load_average_after"] = loadavg()
     speedup = baseline_s / fast_s if fast_s > 0 else math.nan
+    base_cpu = results.get("baseline", {}).get("cpu_s", results.get("baseline_cpu_s_extrapolated", math.nan))
+    fast_cpu = results["fast"]["cpu_s"]
+    results["speedup_cpu_time"] = base_cpu / fast_cpu if fast_cpu > 0 else math.nan
+    print(
+        f"CPU time (robust to other load on the machine): baseline {base_cpu:.0f} s, fast {fast_cpu:.0f} s, "
+        f"ratio {results['speedup_cpu_time']:.1f}; on an unloaded machine wall ≈ CPU / threads: "
+        f"fast ≈ {fast_cpu / results['threads']:.0f} s, baseline ≈ {base_cpu / results['threads']:.0f} s"
+    )
     results.update(speedup=speedup, fast_s=fast_s, baseline_s=baseline_s, agreement_dice=agreement)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,11 @@ Prints one table (trainable parameters, seconds, s/iteration, tissue Dice, Dice 
 writes ``results.json`` into ``--out``. Short CPU runs are noisy: use ``--seeds 0 1 2`` to see
 the spread. With a 4-level network (``tiny``/``cpu`` presets) ``deep`` equals ``full``.
 
-Example (≈ 10 min on 2 busy cores)::
+Example (the reported run: 681 s on 2 cores shared with five other jobs; ``--threads 1`` is much
+faster than 2 on a busy machine, where 2 threads oversubscribe)::
 
-    nohup .venv/bin/python bench/transfer.py --out /tmp/bench_transfer > /tmp/bench_transfer.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/transfer.py --out /tmp/bench_transfer --source-epochs 10 \
+        --ft-epochs 5 --iterations 15 --threads 1 --age > /tmp/bench_transfer.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=12, help="iterations per epoch (source and fine-tuning)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
+    ap.add_argument("--levels", nargs="*", default=list(LEVELS), choices=LEVELS, help="none given: AgeU-Net only")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--age", action="store_true", help="also train and evaluate an AgeU-Net")
+    ap.add_argument("--age-weights", type=float, nargs="+", default=[0.01], help="α values for --age (paper 0.01)")
     ap.add_argument("--data-seed", type=int, default=0)
     a = ap.parse_args(argv)
 
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                            lr=a.lr, seed=seed, threads=a.threads, device="cpu", tensorboard=False, **kw)
 
     results: list[dict] = []
-    for seed in a.seeds:
+    for seed in a.seeds if a.levels else []:
         t0 = time.perf_counter()
         source = train(cfg(a.source_epochs, seed), src, a.out / f"seed{seed}" / "source", progress=False)
         src_s = time.perf_counter() - t0
@@ -127,18 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.age:
         from training.age import evaluate_age_checkpoint
 
-        for seed in a.seeds:
+        for seed, alpha in ((s, w) for s in a.seeds for w in a.age_weights):
             t0 = time.perf_counter()
-            res = train(cfg(a.source_epochs, seed, age_head=True), list(src) + list(tr),
-                        a.out / f"seed{seed}" / "ageunet", progress=False)
+            res = train(cfg(a.source_epochs, seed, age_head=True, age_weight=alpha), list(src) + list(tr),
+                        a.out / f"seed{seed}" / f"ageunet-{alpha:g}", progress=False)
             age_s = time.perf_counter() - t0
             rep_age = evaluate_age_checkpoint(res.best_path, te)
             mean_age = float(np.mean([s.scan_age for s in list(src) + list(tr)]))
             seg = evaluate_checkpoint(res.best_path, te, device="cpu", hd95=False)
-            age_rows.append({"seed": seed, "mae_weeks": rep_age.mae, "mse_weeks2": rep_age.mse,
+            age_rows.append({"seed": seed, "alpha": alpha, "mae_weeks": rep_age.mae, "mse_weeks2": rep_age.mse,
                              "baseline_mae_weeks": rep_age.baseline_mae(mean_age), "train_s": age_s,
                              "tissue_dice": seg.tissue_dice, "subjects": rep_age.subjects})
-            print(rep_age.to_text(), flush=True)
+            print(f"AgeU-Net α={alpha:g} seed {seed} ({age_s:.0f} s):\n{rep_age.to_text()}", flush=True)
 
     names = class_names()
     short = {c: names[c][:6] for c in range(NUM_CLASSES)}
@@ -162,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{level:<8} tissue Dice {np.mean(td):.3f} ± {np.std(td):.3f}")
     if age_rows:
         print()
-        print(f"{'AgeU-Net':<10}{'seed':>5}{'MAE w':>8}{'MSE w²':>9}{'mean-baseline MAE w':>21}{'tissue':>8}")
+        print(f"{'AgeU-Net α':<12}{'seed':>5}{'MAE w':>8}{'MSE w²':>9}{'mean-baseline MAE w':>21}{'tissue':>8}")
         for r in age_rows:
-            print(f"{'':<10}{r['seed']:>5}{r['mae_weeks']:>8.2f}{r['mse_weeks2']:>9.2f}"
+            print(f"{r['alpha']:<12g}{r['seed']:>5}{r['mae_weeks']:>8.2f}{r['mse_weeks2']:>9.2f}"
                   f"{r['baseline_mae_weeks']:>21.2f}{r['tissue_dice']:>8.3f}")
     print(f"tissue classes: {', '.join(names[c] for c in TISSUE)}; total {time.perf_counter() - t_all:.0f} s")
     (a.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},

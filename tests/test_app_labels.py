@@ -208,10 +208,9 @@ def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_pat
         assert _put(client, image_id, p).status_code == 200
         final = studies / "labels" / "final" / f"{image_id}.nii.gz"
         before_label = final.read_bytes()
-        before_state = (studies / ".neolabel" / "state.json").read_bytes()
-
         b = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         assert b["id"] != image_id  # the first scan was submitted: alice moves on
+        before_state = (studies / ".neolabel" / "state.json").read_bytes()
         real_replace = os.replace
 
         def crash(src, dst):

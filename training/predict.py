@@ -57,6 +57,7 @@ class InferenceSettings:
     fill_logit: float = -30.0  # logit of non-background classes in a skipped (empty) window
     head_crop: bool = False  # crop to the detected head (+ margin) before the network, class 0 outside
     head_margin_mm: float = 8.0
+    head_face_mm2: float = 25.0  # predicted non-background area on a box face that widens the box
     fast_norm: bool = False  # instance norm via batch-norm kernels (no layout copies; same maths)
 
 
@@ -449,14 +450,17 @@ class Predictor:
                 break
             # Safety net for the head crop: a predicted non-background class on a cut face means the
             # box was too tight there; widen those faces and predict again.
+            # Isolated voxels (below ``head_face_mm2`` of cut area) are noise, not a cut head.
             lab = torch.argmax(logits, dim=0)
+            sp = np.asarray(pre.meta.spacing, dtype=float)
             new_lo, new_hi = lo.copy(), hi.copy()
             for ax in range(3):
-                first = lab.select(ax, 0)
-                last = lab.select(ax, lab.shape[ax] - 1)
-                if lo[ax] > 0 and bool((first != L.OUTER_BACKGROUND).any()):
+                face_mm2 = float(np.prod(np.delete(sp, ax)))
+                n_first = int((lab.select(ax, 0) != L.OUTER_BACKGROUND).sum())
+                n_last = int((lab.select(ax, lab.shape[ax] - 1) != L.OUTER_BACKGROUND).sum())
+                if lo[ax] > 0 and n_first * face_mm2 > s.head_face_mm2:
                     new_lo[ax] = max(lo[ax] - grow[ax], 0)
-                if hi[ax] < full[ax] and bool((last != L.OUTER_BACKGROUND).any()):
+                if hi[ax] < full[ax] and n_last * face_mm2 > s.head_face_mm2:
                     new_hi[ax] = min(hi[ax] + grow[ax], full[ax])
             if (new_lo == lo).all() and (new_hi == hi).all():
                 break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -98,7 +97,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Where the demo set lives (<workdir>/demo)."),
     bootstrap_minutes: float = typer.Option(
-        3.0, "--bootstrap-minutes", help="Training time of the demo's first model."
+        3.0, "--bootstrap-minutes", help="Training time of the demo's first model (at least the iterations below)."
+    ),
+    bootstrap_iterations: int = typer.Option(
+        120, "--bootstrap-iterations", help="Minimum training iterations of the demo's first model."
     ),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Prepare studies and model, do not start."),
 ) -> None:
@@ -134,7 +136,7 @@ def serve(
         mp = model_path(served)
         if not mp.is_file() and not cfg.pretrained:
             bootstrap_model(demo, mp, preset=cfg.preset, minutes=bootstrap_minutes,
-                            device=None if cfg.device == "auto" else cfg.device)
+                            device=None if cfg.device == "auto" else cfg.device, min_iterations=bootstrap_iterations)
         elif mp.is_file():
             typer.echo(f"reusing the demo model {mp}")
     else:
