@@ -57,7 +57,7 @@ class InferenceSettings:
     fill_logit: float = -30.0  # logit of non-background classes in a skipped (empty) window
     head_crop: bool = False  # crop to the detected head (+ margin) before the network, class 0 outside
     head_margin_mm: float = 8.0
-    head_face_mm2: float = 25.0  # predicted non-background area on a box face that widens the box
+    head_face_mm2: float = 25.0  # predicted brain area on a box face that widens the box (second pass)
     fast_norm: bool = False  # instance norm via batch-norm kernels (no layout copies; same maths)
 
 
@@ -271,10 +271,13 @@ class Predictor:
         self.autocast_dtype = _resolve_precision(s.precision, self.device)
         self.divisor = _stride_divisor(model, network_cfg)
         self.num_classes = int(getattr(network_cfg, "out_channels", L.NUM_CLASSES) or L.NUM_CLASSES)
-        model = model.eval()
         if s.fast_norm:
             model = with_fast_instance_norm(model)  # a copy: the caller's model is left as it was
-        model = model.to(self.device)
+        elif s.channels_last:
+            import copy
+
+            model = copy.deepcopy(model)
+        model = model.eval().to(self.device)  # without a copy: the caller's model is put in eval mode
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
@@ -448,16 +451,17 @@ class Predictor:
             logits = self.logits_cropped(img[(slice(None), *sl)])
             if not s.head_crop or attempt == attempts - 1 or (lo == 0).all() and (hi == np.array(full)).all():
                 break
-            # Safety net for the head crop: a predicted non-background class on a cut face means the
-            # box was too tight there; widen those faces and predict again.
-            # Isolated voxels (below ``head_face_mm2`` of cut area) are noise, not a cut head.
+            # Safety net for the head crop: predicted brain on a cut face means the box was too tight
+            # there; widen those faces and predict again. Only brain (tissue classes) counts: a cut brain
+            # is worth a second pass, scattered voxels (< head_face_mm2) or scalp at the margin are not.
             lab = torch.argmax(logits, dim=0)
+            lab = torch.isin(lab, torch.as_tensor(L.TISSUE, device=lab.device)).to(torch.uint8)
             sp = np.asarray(pre.meta.spacing, dtype=float)
             new_lo, new_hi = lo.copy(), hi.copy()
             for ax in range(3):
                 face_mm2 = float(np.prod(np.delete(sp, ax)))
-                n_first = int((lab.select(ax, 0) != L.OUTER_BACKGROUND).sum())
-                n_last = int((lab.select(ax, lab.shape[ax] - 1) != L.OUTER_BACKGROUND).sum())
+                n_first = int(lab.select(ax, 0).sum())
+                n_last = int(lab.select(ax, lab.shape[ax] - 1).sum())
                 if lo[ax] > 0 and n_first * face_mm2 > s.head_face_mm2:
                     new_lo[ax] = max(lo[ax] - grow[ax], 0)
                 if hi[ax] < full[ax] and n_last * face_mm2 > s.head_face_mm2:
