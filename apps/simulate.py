@@ -46,8 +46,11 @@ DEFAULT_EPOCHS = 6
 DEFAULT_ITERATIONS = 50
 DEFAULT_SEEDS = 2
 DEFAULT_SYNTH_SUBJECTS = 16
-DEFAULT_SYNTH_SHAPE = (54, 72, 72)
-DEFAULT_SYNTH_SPACING = 2.0
+DEFAULT_SYNTH_SHAPE = (36, 48, 48)
+DEFAULT_SYNTH_SPACING = 3.0
+# Short CPU runs learn much faster with AdamW at 1e-2 than at training's 3e-3 default (one measured
+# pair on the default synthetic set, 300 iterations: tissue Dice 0.43 vs 0.29); --lr 0 keeps training's default.
+DEFAULT_LR = 1e-2
 
 
 @dataclass
@@ -78,6 +81,7 @@ class SimulationConfig:
     synth_seed: int = 0
     # training
     preset: str = "tiny"
+    lr: float | None = DEFAULT_LR
     train_overrides: dict[str, Any] = field(default_factory=dict)
     # loop mode
     strategies: tuple[str, ...] = ("uncertainty", "random", "equidistant")
@@ -93,6 +97,8 @@ class SimulationConfig:
 
     def train_settings(self) -> dict[str, Any]:
         s: dict[str, Any] = {"preset": self.preset, "tensorboard": False}
+        if self.lr:
+            s["lr"] = float(self.lr)
         if self.iterations is not None:
             s["iterations_per_epoch"] = int(self.iterations)
         s.update(self.train_overrides)

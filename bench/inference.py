@@ -210,6 +210,7 @@ def main() -> None:
     )
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--ablation", action="store_true", help="also time variants of the fast settings")
+    ap.add_argument("--variants", default="", help="comma-separated subset of the ablation variants to run")
     ap.add_argument("--age", type=float, default=40.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", type=Path, help="write all numbers here")
@@ -340,8 +341,10 @@ def main() -> None:
         results["agreement_voxels"] = float((fast_label == base_label).mean())
         print(f"fast vs baseline: {a}; identical voxels {results['agreement_voxels']:.5f}")
 
-    if args.ablation:
+    if args.ablation or args.variants:
         variants = {
+            "no_head_retry": {"head_retries": 0},
+            "no_head_retry_plain_bf16": {"head_retries": 0, "fast_norm": False, "channels_last": False},
             "no_fast_norm": {"fast_norm": False},
             "no_channels_last_no_fast_norm": {"fast_norm": False, "channels_last": False},
             "fp32": {"precision": "fp32"},
@@ -350,12 +353,15 @@ def main() -> None:
             "roi128_overlap0.25_gaussian": {"roi_size": (128, 128, 128), "overlap": 0.25},
             "tta": {"tta": True},
         }
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         results["ablation"] = {}
         for name, kw in variants.items():
             p = Predictor(ck.model, ck.network, ck.preprocess, device="cpu", fast=True, **kw)
             lab, dt, mem, info = timed(p, vol)
             r = {
                 "seconds": dt,
+                "cpu_s": info["cpu_s"],
                 "peak_rss_gb": mem,
                 "windows": info["windows"],
                 "roi": info["roi"],

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+import neonatal_app  # noqa: F401 - puts this repo's `training` before sam2's (see neonatal_app/__init__.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SERVER_ENV = {
     "MONAI_LABEL_TRACKING_ENABLED": "false",

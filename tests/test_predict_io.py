@@ -173,6 +173,6 @@ def test_infer_cli(tmp_path, ckpt, subject):
     np.testing.assert_allclose(seg.affine, subject.affine, atol=1e-5)
     assert (tmp_path / "p.nii.gz").is_file()
     res = CliRunner().invoke(app, ["infer", str(ckpt), str(img), str(out), "--t1w", str(img)])
-    assert res.exit_code != 0 and "T1w" in res.output
+    assert res.exit_code != 0 and "--t1w" in res.output
     res = CliRunner().invoke(app, ["infer", str(tmp_path / "nope.pt"), str(img), str(out)])
     assert res.exit_code != 0 and "not found" in res.output

@@ -69,3 +69,20 @@ def test_cli_rejects_bad_options(tmp_path):
     assert res.exit_code == 2
     assert "dispersion" in res.output
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_real_tiny_loop_with_uncertainty(tmp_path):
+    """Loop mode with the real model: the uncertainty strategy ranks slices by the model's own predictions."""
+    out = tmp_path / "loop"
+    cfg = SimulationConfig(
+        out=out, epochs=1, iterations=2, seeds=1, rounds=1, strategies=("uncertainty",), seed_slices=8,
+        round_slices=5, round_epochs=1, test_scans=2, full_volumes=1, synth_subjects=6, synth_shape=SHAPE,
+        synth_spacing=SPACING, train_overrides={"threads": 1}, progress=False,
+    )
+    summary = run_simulation(cfg, log=lambda m: None)
+    rs = sorted(summary.results, key=lambda r: r["round"])
+    assert [r["n_slices"] for r in rs] == [8, 13]
+    assert rs[1]["init"] == rs[0]["checkpoint"]  # warm start from the previous round
+    assert all(0.0 <= r["scores"]["tissue_dice"] <= 1.0 for r in rs)
+    assert (out / "learning_curve.png").is_file()
+    assert (out / "plans" / "loop_states.json").is_file()

@@ -57,6 +57,7 @@ class InferenceSettings:
     fill_logit: float = -30.0  # logit of non-background classes in a skipped (empty) window
     head_crop: bool = False  # crop to the detected head (+ margin) before the network, class 0 outside
     head_margin_mm: float = 8.0
+    head_retries: int = 1  # extra passes with a widened box when the brain touches a cut face
     head_face_mm2: float = 25.0  # predicted brain area on a box face that widens the box (second pass)
     fast_norm: bool = False  # instance norm via batch-norm kernels (no layout copies; same maths)
 
@@ -445,7 +446,7 @@ class Predictor:
         t1 = time.perf_counter()
         self.last_stats.seconds_preprocess = t1 - t0
         grow = np.ceil(16.0 / np.maximum(np.asarray(pre.meta.spacing), 1e-6)).astype(int)  # 16 mm per retry
-        attempts = 3
+        attempts = 1 + max(int(s.head_retries), 0)
         for attempt in range(attempts):
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
             logits = self.logits_cropped(img[(slice(None), *sl)])

@@ -46,13 +46,14 @@ def simulate(
     ),
     test_scans: int = typer.Option(4, "--test-scans", help="Held-out, densely labelled test scans."),
     preset: str = typer.Option("tiny", "--preset", help="Network preset: tiny, cpu, paper."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate. Default 0.01 (AdamW); 0 = training's default."),
     synth_subjects: int = typer.Option(
         None, "--synth-subjects", help="Synthetic scans to generate (no DATA). Default 16."
     ),
     synth_shape: str = typer.Option(
-        None, "--synth-shape", help="Synthetic volume shape 'X,Y,Z' (no DATA). Default 54,72,72."
+        None, "--synth-shape", help="Synthetic volume shape 'X,Y,Z' (no DATA). Default 36,48,48."
     ),
-    synth_spacing: float = typer.Option(None, "--synth-spacing", help="Synthetic voxel size in mm. Default 2.0."),
+    synth_spacing: float = typer.Option(None, "--synth-spacing", help="Synthetic voxel size in mm. Default 3.0."),
     strategy: list[str] = typer.Option(
         None, "--strategy", help="Loop strategies: uncertainty, random, equidistant (comma list or repeated)."
     ),
@@ -74,6 +75,7 @@ def simulate(
     from apps.simulate import (
         DEFAULT_EPOCHS,
         DEFAULT_ITERATIONS,
+        DEFAULT_LR,
         DEFAULT_SEEDS,
         DEFAULT_SYNTH_SHAPE,
         DEFAULT_SYNTH_SPACING,
@@ -115,6 +117,7 @@ def simulate(
         synth_shape=shape,
         synth_spacing=synth_spacing or DEFAULT_SYNTH_SPACING,
         preset=preset,
+        lr=DEFAULT_LR if lr is None else lr,
         train_overrides=overrides,
         strategies=tuple(_split(strategy)) or ("uncertainty", "random", "equidistant"),
         seed_slices=seed_slices,

@@ -45,7 +45,7 @@ class SubmissionResult:
         else:
             text = f"{n_acc} assigned slice(s) accepted"
             if n_mis:
-                text += f", {n_mis} assigned slice(s) left unpainted (still open)"
+                text += f", {n_mis} assigned slice(s) left unpainted (returned to the budget)"
             if self.ignored_voxels:
                 text += f"; {self.ignored_voxels} painted voxel(s) outside the assigned slices ignored"
         return {
