@@ -1,1 +1,5 @@
-"""neolabel command line and long-running jobs (simulation, scheduled retraining)."""
+"""neolabel command line and long-running jobs (simulation, export)."""
+
+from neonatal_app import ensure_project_training
+
+ensure_project_training()

@@ -181,9 +181,9 @@ def run_simulation(
         log = tqdm.write if cfg.progress else (lambda _msg: None)
     train_fn = train_fn or real_train
     evaluate_fn = evaluate_fn or real_evaluate
+    conditions = cfg.conditions() if cfg.rounds == 0 else []  # bad condition options fail before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    conditions = cfg.conditions() if cfg.rounds == 0 else []
 
     root, synthetic = _dataset_root(cfg, log)
     dataset = open_dataset(root)
@@ -213,6 +213,7 @@ def run_simulation(
         "epochs": cfg.epochs,
         "iterations per epoch": cfg.iterations if cfg.iterations is not None else "training default",
         "network preset": cfg.preset,
+        "training settings": ", ".join(f"{k}={v}" for k, v in train_settings.items() if k != "tensorboard"),
         "seeds": ", ".join(map(str, seeds)),
     }
     budgets: dict[int, int] = {}

@@ -68,7 +68,7 @@ def test_cli_rejects_bad_options(tmp_path):
     res = CliRunner().invoke(app, ["--out", str(tmp_path / "o"), "--dispersion", "1.7", "--quiet"])
     assert res.exit_code == 2
     assert "dispersion" in res.output
-    assert not (tmp_path / "o" / "results.csv").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_real_tiny_loop_with_uncertainty(tmp_path):

@@ -17,19 +17,10 @@ SERVER_ENV: dict[str, str] = {
 }
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def app_dir() -> Path:
     import neonatal_app
 
     return Path(neonatal_app.__file__).resolve().parent
-
-
-def prefer_project_packages() -> None:
-    """Make ``import training`` find this project's package (see ``neonatal_app/__init__.py``)."""
-    import neonatal_app  # noqa: F401 - importing it fixes sys.path / PYTHONPATH
 
 
 def server_environment(studies: Path, conf: dict[str, str], port: int) -> dict[str, str]:
@@ -53,7 +44,6 @@ def apply_settings(env: dict[str, str]) -> None:
     import json
 
     os.environ.update(env)
-    prefer_project_packages()
     from monailabel.config import settings
 
     for key, value in env.items():
@@ -111,7 +101,6 @@ def serve(
     """
     import time
 
-    prefer_project_packages()
     from neonatal_app.lib.config import AppConfig, ConfError
 
     t0 = time.perf_counter()
