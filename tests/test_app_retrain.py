@@ -128,7 +128,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
 
     def fake_train(cfg, subjects, out_dir, partial_labels=None, val_subjects=None, init=None, progress=True):
         seen.update(ids=[s.id for s in subjects], partial=dict(partial_labels), val=len(val_subjects or []),
-                    init=init, amp=cfg.amp, device=cfg.device)
+                    init=init, amp=cfg.amp, device=cfg.device, freeze=cfg.freeze)
         best = tmp_path / "new.pt"
         make_model(best)
         return SimpleNamespace(best_path=best, last_path=best, epochs_completed=1, n_train=len(subjects),
@@ -139,7 +139,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
     monkeypatch.setattr(ev, "evaluate_checkpoint",
                         lambda ckpt, subjects, **kw: SimpleNamespace(tissue_dice=scores[Path(ckpt).name]))
 
-    with inprocess_app(studies, {"validation_dir": str(synth_root)}) as (client, app):
+    with inprocess_app(studies, {"validation_dir": str(synth_root), "freeze": "medium"}) as (client, app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         ref = oracle(synth_root, a["id"])
         p = tmp_path / "l.nii.gz"
@@ -155,6 +155,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
         assert seen["ids"] == [a["id"]] and set(seen["partial"]) == {a["id"]}
         assert str(seen["partial"][a["id"]]).endswith(f"labels/final/{a['id']}.nii.gz")
         assert seen["val"] == 6 and seen["init"] == model_path(studies)
+        assert seen["freeze"] == "medium"  # the transfer-learning level reaches training.train
         assert seen["amp"] is False and seen["device"] == "cpu"  # mixed precision only on CUDA
         assert out["published"] is False and "kept the served model" in out["message"]
         assert hashlib.sha256(model_path(studies).read_bytes()).hexdigest() == served

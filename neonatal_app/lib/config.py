@@ -110,6 +110,12 @@ class AppConfig:
     train_from: str = _conf(
         "served", _choice(INIT_CHOICES), "Retraining starts from the served model (`served`) or from scratch."
     )
+    freeze: str = _conf(
+        "full",
+        _choice(("shallow", "medium", "deep", "full")),
+        "Layers retrained when starting from the served model (transfer learning levels of the paper: "
+        "shallow = bottleneck and adjacent blocks, medium/deep = 1/2 more blocks each side, full = all).",
+    )
     device: str = _conf("auto", _choice(DEVICE_CHOICES), "Device for training and inference; auto = CUDA if present.")
     validation_dir: str = _conf(
         "",

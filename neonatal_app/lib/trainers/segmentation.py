@@ -50,7 +50,8 @@ class SegmentationTrainer(TrainTask):
         self.stats_path = self.dir / "train_stats.json"
 
     def config(self) -> dict[str, Any]:
-        return {"epochs": self.cfg.epochs, "preset": self.cfg.preset, "train_from": self.cfg.train_from}
+        return {"epochs": self.cfg.epochs, "preset": self.cfg.preset, "train_from": self.cfg.train_from,
+                "freeze": self.cfg.freeze}
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -128,6 +129,7 @@ class SegmentationTrainer(TrainTask):
         iters = request.get("iterations_per_epoch")
         tcfg = TrainConfig(preset=preset, epochs=epochs, device=device, amp=(device == "cuda"),
                            seed=self.cfg.seed, tensorboard=False,
+                           freeze=self.cfg.freeze if init is not None else "full",
                            iterations_per_epoch=int(iters) if iters else None)
         run_dir = self.dir / "train" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         val = self.validation_subjects()
@@ -142,6 +144,7 @@ class SegmentationTrainer(TrainTask):
             "train_images": result.n_train,
             "device": device,
             "init": "served" if init is not None else "scratch",
+            "freeze": tcfg.freeze,
             "run_dir": str(run_dir),
         }
         published, reason = True, "no validation set: published"
