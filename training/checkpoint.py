@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from training.labels import LABEL_VERSION, class_table
 from training.network import NetworkConfig, build_network
+from training.nifti import atomic_write
 from training.preprocess import PreprocessConfig
 
 CHECKPOINT_VERSION = 1
@@ -96,15 +96,7 @@ def save_checkpoint(
         payload["scheduler"] = scheduler.state_dict()
     if extra:
         payload["extra"] = _plain(extra)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=p.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:

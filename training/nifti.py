@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,22 @@ def save_volume(
     if arr.dtype == np.uint8:
         img.header.set_data_dtype(np.uint8)
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
+    atomic_write(p, lambda tmp: nib.save(img, tmp), suffix=suffix)
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str | None = None) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
+
+    Readers see the old file or the new one, never half of one; on any error the temporary file is
+    removed and ``path`` is untouched.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=p.suffix if suffix is None else suffix, dir=p.parent)
     os.close(fd)
     try:
-        nib.save(img, tmp)
+        write(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,14 +111,4 @@ def save_volume(
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=p.suffix, dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -27,7 +27,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from neonatal_app.lib.config import AppConfig
 from neonatal_app.lib.state import STATE_DIR, StateStore
-from training.nifti import atomic_write_text
+from training.nifti import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +175,5 @@ class SegmentationTrainer(TrainTask):
 
 
 def publish(src: str | Path, model_path: str | Path) -> Path:
-    """Copy a checkpoint next to the model path, then ``os.replace`` it in: readers never see half a file."""
-    dst = Path(model_path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+    """Copy a checkpoint beside the model path, then ``os.replace`` it in: readers never see half a file."""
+    return atomic_write(model_path, lambda tmp: shutil.copyfile(src, tmp))
