@@ -154,7 +154,8 @@ def test_fp32_fallback_on_nonfinite_autocast_output(tiny):
 def test_tta_averages_mirrored_predictions(tiny):
     model, _ = tiny
     x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(7))
-    p = _predictor(tiny, precision="fp32", tta=True, head_crop=False, fast_norm=False, channels_last=False)
+    p = _predictor(tiny, precision="fp32", tta=True, head_crop=False, fast_norm=False, channels_last=False,
+                   large_windows=True)  # one window = the whole input, so the direct model calls compare
     got = p.logits_cropped(x)
     with torch.inference_mode():
         acc = torch.zeros_like(got)

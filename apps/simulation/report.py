@@ -156,6 +156,20 @@ def findings(results: Sequence[dict]) -> list[str]:
             f"({verdict}); "
             f"ranking: {order}."
         )
+    # Paired by seed: a seed fixes the scan order (nested scan sets) and the training seed for every
+    # condition, so condition − baseline within a seed removes the between-seed spread.
+    full_by_seed = {r["seed"]: _f(r["scores"]["tissue_dice"]) for r in results
+                    if r["mode"] == "static" and r["condition"].get("full")}
+    paired = []
+    for x in dispersed:
+        diffs = [_f(r["scores"]["tissue_dice"]) - full_by_seed[r["seed"]] for r in results
+                 if r["mode"] == "static" and result_label(r) == x["name"] and r["seed"] in full_by_seed]
+        diffs = [d for d in diffs if not math.isnan(d)]
+        if diffs:
+            wins = sum(d > 0 for d in diffs)
+            paired.append(f"{x['name']} {np.mean(diffs):+.3f} (better in {wins}/{len(diffs)} seeds)")
+    if paired:
+        lines.append("Paired by seed (condition − baseline, tissue Dice): " + "; ".join(paired) + ".")
     seeds = max(x["n"] for x in s)
     if seeds > 1:
         sds = [np.nanstd(x["tissue_dice_values"], ddof=1) for x in s if x["n"] > 1]
