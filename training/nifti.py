@@ -103,6 +103,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and labels are meant to be shared
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
