@@ -48,3 +48,20 @@ def test_export_rejects_mismatched_label(synth_dataset, tmp_path):
         export_nnunet([subject], tmp_path, partial_labels={subject.id: np.zeros((3, 3, 3), np.uint8)})
     with pytest.raises(ExportError, match="dataset id"):
         export_nnunet([subject], tmp_path, dataset_id=1000)
+
+
+def test_plan_refuses_a_label_stored_in_another_orientation(tmp_path):
+    """A label whose affine differs from its image's would be sliced mirrored: refused, not trained on."""
+    from apps.plans import PlanError
+    from training.data import Subject
+    from training.nifti import save_volume
+
+    image, label = tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"
+    save_volume(image, np.ones((8, 8, 8), np.float32), np.eye(4))
+    save_volume(label, np.ones((8, 8, 8), np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS
+    subject = Subject(id="s1", image=image, label=label)
+    a = SliceAssignment(image="s1", axis="axial", voxel_axis=2, indices=[3], strategy="test")
+    with pytest.raises(PlanError, match="affine"):
+        partial_labels_from_plan([subject], [a])
+    with pytest.raises(PlanError, match="not in the dataset"):
+        partial_labels_from_plan([subject], [SliceAssignment(image="nope", axis="axial", voxel_axis=2, indices=[3])])

@@ -1,7 +1,7 @@
 """``neolabel train``: train the segmentation network on full labels or on a slice plan's partial labels.
 
-The plan → partial-label conversion lives here (it needs ``strategies``, which ``training`` must
-never import); ``training.train.train`` only ever sees partial labels.
+The plan → partial-label conversion is ``apps.plans`` (it needs ``strategies``, which ``training``
+must never import); ``training.train.train`` only ever sees partial labels.
 """
 
 from __future__ import annotations
@@ -9,52 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-
-def load_plan_assignments(plan: Path) -> list:
-    """Slice assignments from a plan JSON: a list of assignments or ``{"assignments": [...]}``."""
-    import json
-
-    from strategies.assignment import AssignmentError, SliceAssignment
-
-    try:
-        data = json.loads(Path(plan).read_text())
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot read plan {plan}: {exc}") from exc
-    items = data.get("assignments") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise typer.BadParameter(f"plan {plan}: expected a list of slice assignments or {{'assignments': [...]}}")
-    try:
-        return [SliceAssignment.from_json(a) for a in items]
-    except AssignmentError as exc:
-        raise typer.BadParameter(f"plan {plan}: {exc}") from exc
-
-
-def plan_partial_labels(subjects: list, assignments: list) -> dict:
-    """Partial label per planned image, built from the subjects' full labels (``strategies.masks``)."""
-    import numpy as np
-
-    from strategies.masks import MaskError, partial_label
-    from training.nifti import load_volume
-
-    by_id = {s.id: s for s in subjects}
-    grouped: dict[str, list] = {}
-    for a in assignments:
-        grouped.setdefault(a.image, []).append(a)
-    unknown = sorted(set(grouped) - set(by_id))
-    if unknown:
-        raise typer.BadParameter(f"plan names images not in the dataset: {', '.join(unknown[:5])}")
-    out = {}
-    for image_id, items in grouped.items():
-        s = by_id[image_id]
-        if s.label is None:
-            raise typer.BadParameter(f"{image_id}: the plan needs its full label to build the partial label")
-        vol = load_volume(s.label)
-        try:
-            out[image_id] = partial_label(np.asarray(vol.data), items, vol.affine)
-        except MaskError as exc:
-            raise typer.BadParameter(f"{image_id}: {exc}") from exc
-    return out
 
 
 def train(
@@ -126,8 +80,13 @@ def train(
 
     partial = None
     if plan is not None:
-        assignments = load_plan_assignments(plan)
-        partial = plan_partial_labels(train_subjects, assignments)
+        from apps.plans import PlanError, partial_labels_from_plan, read_assignments
+
+        try:
+            assignments = read_assignments(plan)
+            partial = partial_labels_from_plan(train_subjects, assignments)
+        except PlanError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--plan") from exc
         n_slices = sum(len(a.indices) for a in assignments)
         typer.echo(f"plan {plan}: {n_slices} slices in {len(partial)} images → partial labels")
     cfg = TrainConfig(

@@ -90,27 +90,29 @@ class Oracle:
 
     def __init__(self, subjects: Iterable[Any], *, cache_size: int = 64) -> None:
         self._subjects = {s.id: s for s in subjects}
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (label, image affine)
         self._cache_size = cache_size
 
     def full_label(self, subject_id: str) -> np.ndarray:
+        return self._label_and_affine(subject_id)[0]
+
+    def _label_and_affine(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         if subject_id not in self._subjects:
             raise SimulationError(f"{subject_id} is not in the training pool (test scans are never labelled)")
         if subject_id not in self._cache:
-            from training.nifti import load_volume
+            from apps.plans import oracle_label
 
-            lab = load_volume(self._subjects[subject_id].label).data
-            lab = L.validate_label(lab, allow_ignore=False, what=f"oracle label of {subject_id}")
             if len(self._cache) >= self._cache_size:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[subject_id] = lab
+            self._cache[subject_id] = oracle_label(self._subjects[subject_id], dense=True)
         return self._cache[subject_id]
 
     def partial_label(self, subject_id: str, assignments: Sequence[Any]) -> np.ndarray:
         """255 everywhere except the assigned slices, which get the true classes."""
         from strategies.masks import partial_label
 
-        return partial_label(self.full_label(subject_id), list(assignments))
+        label, affine = self._label_and_affine(subject_id)
+        return partial_label(label, list(assignments), affine)
 
     def dense_label_path(self, subject_id: str) -> Path:
         return Path(self._subjects[subject_id].label)
