@@ -17,7 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from app_helpers import REPO, SERVER_ENV, assigned_mask, free_port, oracle, painted, served_copy
+from app_helpers import SERVER_ENV, assigned_mask, free_port, oracle, painted, served_copy
 
 from training.labels import IGNORE
 from training.nifti import load_volume, save_volume
@@ -41,7 +41,8 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 def server(synth_root, tmp_path):
     studies = served_copy(synth_root, tmp_path)
     port = free_port()
-    env = {**os.environ, **SERVER_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    # no PYTHONPATH: the installed `neolabel serve` must start MONAI Label's train subprocess without one
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **SERVER_ENV, "OMP_NUM_THREADS": "2"}
     cmd = [sys.executable, "-m", "apps.commands.serve", "--studies", str(studies), "--port", str(port),
            "--conf", "preset", "tiny", "--conf", "budget_total_slices", "200", "--conf", "budget_dispersion", "0.2",
            "--conf", "epochs", "1"]

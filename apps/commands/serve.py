@@ -34,6 +34,9 @@ def server_environment(studies: Path, conf: dict[str, str], port: int) -> dict[s
             "MONAI_LABEL_STUDIES": str(studies),
             "MONAI_LABEL_APP_CONF": json.dumps(conf),
             "MONAI_LABEL_SERVER_PORT": str(port),
+            # MONAI Label's background tasks (/train) read os.environ["PYTHONPATH"] unconditionally;
+            # `monailabel start_server` sets it, our in-process start must too.
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         }
     )
     return env
