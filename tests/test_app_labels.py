@@ -230,3 +230,50 @@ def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_pat
         assert (studies / ".neolabel" / "state.json").read_bytes() == before_state
         json.loads((studies / "datastore_v2.json").read_text())
         assert not list((studies / "labels" / "final").glob(".tmp-*"))
+
+
+def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_annotation(studies, synth_root, tmp_path):
+    """The plugin loads `original` only with params.label_names; submitting it unedited annotates nothing."""
+    from neonatal_app.lib.infers.segmentation import slicer_label_map
+
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id = a["id"]
+        info = client.get("/datastore/?output=all").json()["objects"][image_id]["labels"]["original"]["info"]
+        assert list(info["params"]["label_names"]) == list(slicer_label_map())  # value v ↔ name v-1
+        original = client.get(f"/datastore/label?label={image_id}&tag=original")
+        assert original.status_code == 200
+        p = tmp_path / "original.nii.gz"
+        p.write_bytes(original.content)
+        before = snapshot(studies)
+        r = _put(client, image_id, p)
+        assert r.status_code == 400 and "empty submission" in r.json()["detail"]
+        assert snapshot(studies) == before
+
+        # painted on top of the frame: the frame voxels left as they were are not taken as class 4
+        ref = oracle(synth_root, image_id)
+        frame = load_volume(p).data
+        sub = painted(ref, a["slices"], stray=False)
+        sub = np.where((frame != 0) & (sub == 0), frame, sub).astype(np.uint8)
+        q = tmp_path / "on_frame.nii.gz"
+        save_volume(q, sub, ref.affine, np.uint8)
+        assert _put(client, image_id, q).status_code == 200
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        on_frame = (frame != 0) & (ref.data == 0)
+        assert np.all(stored[on_frame] == 0)
+
+
+def test_slice_left_as_pre_segmented_goes_back_to_the_budget():
+    from neonatal_app.lib.submission import convert_submission
+    from strategies.assignment import SliceAssignment
+
+    pre = np.zeros((6, 6, 6), np.uint8)
+    pre[:, :, 1] = 3
+    pre[:, :, 4] = 2
+    a = SliceAssignment("img", "axial", 2, [1, 4])
+    sub = pre.copy()
+    sub[2, 2, 4] = 5  # the annotator corrected one voxel of slice 4, left slice 1 untouched
+    res = convert_submission(sub, [a], original=pre)
+    assert res.accepted == [{"axis": "axial", "voxel_axis": 2, "indices": [4]}]
+    assert res.missing == [{"axis": "axial", "voxel_axis": 2, "indices": [1]}]
+    assert np.all(res.partial[:, :, 1] == IGNORE) and res.partial[2, 2, 4] == 5

@@ -310,9 +310,13 @@ class AnnotationService:
                     plane = out[tuple(sl)]
                     plane[0, :] = plane[-1, :] = plane[:, 0] = plane[:, -1] = FRAME_VALUE
             kind = "frame"
+        from neonatal_app.lib.infers.segmentation import slicer_label_map
+
+        # the stock Slicer plugin loads `original` only when its info names the segments (value v = name v-1)
         self.datastore.store_label_array(
             image_id, out, affine, "original",
-            {"assignment": [x.to_json() for x in assignments], "kind": kind},
+            {"assignment": [x.to_json() for x in assignments], "kind": kind,
+             "params": {"label_names": slicer_label_map()}},
         )
         return kind
 

@@ -199,7 +199,9 @@ class NeolabelDatastore(LocalDatastore):
             if previous is not None and previous.shape != data.shape:
                 previous = None
             assignments = self._assignments_for(image_id)
-            result = convert_submission(data, assignments, previous)
+            original = self.read_label(image_id, ORIGINAL)
+            frame = original is not None and self.get_label_info(image_id, ORIGINAL).get("kind") == "frame"
+            result = convert_submission(data, assignments, previous, original, original_is_frame=frame)
             raw = self._keep_raw(image_id, label_filename, tag)
             summary = result.summary()
             summary["raw_submission"] = str(raw.relative_to(self.submissions_dir.parent.parent))

@@ -110,9 +110,21 @@ def convert_submission(
     label: np.ndarray,
     assignments: list[SliceAssignment] | None,
     previous: np.ndarray | None = None,
+    original: np.ndarray | None = None,
+    original_is_frame: bool = False,
 ) -> SubmissionResult:
-    """Partial label for a checked submission; raises :class:`SubmissionRejected` when nothing is usable."""
+    """Partial label for a checked submission; raises :class:`SubmissionRejected` when nothing is usable.
+
+    ``original`` is the ``original`` label the annotator may have started from: an assigned slice
+    left exactly as the model's pre-segmentation is not an annotation (it goes back to the budget),
+    and the marking frame of a model-less start (``original_is_frame``) is never taken as class 4.
+    """
     lab = np.asarray(label, dtype=np.uint8)
+    if original is not None and original.shape != lab.shape:
+        original = None
+    if original is not None and original_is_frame:
+        lab = np.where((original != 0) & (lab == original), 0, lab).astype(np.uint8)
+        original = None
     if np.any(lab == IGNORE):
         part = lab.copy()
         if not np.any(part != IGNORE):
@@ -130,8 +142,10 @@ def convert_submission(
     mis_json: list[dict[str, Any]] = []
     for a in assignments:
         other = tuple(ax for ax in range(3) if ax != a.voxel_axis)
-        painted = np.flatnonzero((lab != 0).any(axis=other))
-        ok = [i for i in a.indices if i in set(painted.tolist())]
+        painted = set(np.flatnonzero((lab != 0).any(axis=other)).tolist())
+        if original is not None:
+            painted -= set(np.flatnonzero((lab == original).all(axis=other)).tolist())  # left as pre-segmented
+        ok = [i for i in a.indices if i in painted]
         missing = [i for i in a.indices if i not in ok]
         if ok:
             accepted.append(
