@@ -119,8 +119,12 @@ class NeonatalApp(MONAILabelApp):
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
         summary = self._datastore.pop_last_summary(image_id) or {}
-        if self.triggers is not None and self.triggers.on_label_saved():
-            summary["retrain_started"] = True
+        try:
+            if self.triggers is not None and self.triggers.on_label_saved():
+                summary["retrain_started"] = True
+        except Exception as exc:  # the label is already stored: a failed trigger must not turn the save into a 500
+            log.exception("retrain trigger failed after saving %s", image_id)
+            summary["retrain_error"] = str(exc)
         return summary
 
     # ------------------------------------------------------------------ retraining

@@ -277,3 +277,25 @@ def test_slice_left_as_pre_segmented_goes_back_to_the_budget():
     assert res.accepted == [{"axis": "axial", "voxel_axis": 2, "indices": [4]}]
     assert res.missing == [{"axis": "axial", "voxel_axis": 2, "indices": [1]}]
     assert np.all(res.partial[:, :, 1] == IGNORE) and res.partial[2, 2, 4] == 5
+
+
+def test_image_upload_never_overwrites_or_escapes(studies, tmp_path):
+    """Stock PUT /datastore/image: ids are checked, existing scans are not overwritten, non-NIfTI refused."""
+    with inprocess_app(studies) as (client, _app):
+        existing = sorted(client.get("/datastore/?output=all").json()["objects"])[0]
+        img = tmp_path / "new.nii.gz"
+        save_volume(img, np.ones((8, 8, 8), np.float32), np.eye(4))
+        before = snapshot(studies)
+        for image_id, body, name, status in [
+            (existing, img.read_bytes(), "new.nii.gz", 409),
+            ("..%2F..%2Fescape", img.read_bytes(), "new.nii.gz", 400),
+            ("fresh", b"\x1f\x8b garbage", "new.nii.gz", 400),
+            ("fresh", b"P5 1 1 255 x", "new.png", 415),
+        ]:
+            r = client.put(f"/datastore/image?image={image_id}", files={"file": (name, body)},
+                           data={"params": "{}"})
+            assert r.status_code == status, (image_id, r.status_code, r.text)
+        assert snapshot(studies) == before
+        r = client.put("/datastore/image?image=fresh", files={"file": ("new.nii.gz", img.read_bytes())},
+                       data={"params": "{}"})
+        assert r.status_code == 200 and "fresh" in client.get("/datastore/?output=all").json()["objects"]

@@ -165,7 +165,25 @@ class NeolabelDatastore(LocalDatastore):
         summary = getattr(self._local, "summaries", {}).pop(image_id, None)
         return summary
 
-    # -------------------------------------------------------------- the endpoint's hook
+    # -------------------------------------------------------------- the endpoints' hooks
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """``PUT /datastore/image``: a new, valid 3D NIfTI under a safe, unused id (never overwrites a scan)."""
+        try:
+            name = os.path.basename(str(image_filename))
+            if not (name.endswith(".nii.gz") or name.endswith(".nii")):
+                raise SubmissionRejected(f"unsupported image file {name!r}: upload a NIfTI file (.nii or .nii.gz)", 415)
+            image_id = check_id(image_id or name.split(".nii")[0], "image id")
+            if image_id in self._datastore.objects:
+                raise SubmissionRejected(f"image {image_id!r} already exists; scans are never overwritten", 409)
+            try:
+                read_header(image_filename)
+            except NiftiError as exc:
+                msg = str(exc).replace(str(image_filename), "uploaded image")
+                raise SubmissionRejected(f"corrupt or non-NIfTI image: {msg}", 400) from None
+        except SubmissionRejected as exc:
+            raise http_error(exc.status, str(exc)) from None
+        return super().add_image(image_id, image_filename, image_info)
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         try:
             return self._save_label(image_id, label_filename, label_tag or FINAL, label_info or {})
