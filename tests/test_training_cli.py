@@ -37,3 +37,16 @@ def test_train_command_with_plan(synth_root, synth_dataset, tmp_path):
     res = CliRunner().invoke(app, [str(synth_root), "--out", str(tmp_path / "x"), "--plan", str(bad),
                                    "--epochs", "1", "--preset", "tiny", "--no-progress"])
     assert res.exit_code != 0 and "not in the dataset" in res.output
+
+
+def test_resume_without_a_checkpoint_is_refused(synth_root, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.commands.train import train
+
+    app = typer.Typer()
+    app.command()(train)
+    res = CliRunner().invoke(app, [str(synth_root), "--out", str(tmp_path / "typo"), "--resume", "--preset", "tiny"])
+    assert res.exit_code != 0 and "nothing to resume" in res.output
+    assert not (tmp_path / "typo").exists()

@@ -89,6 +89,8 @@ def train(
             raise typer.BadParameter(str(exc), param_hint="--plan") from exc
         n_slices = sum(len(a.indices) for a in assignments)
         typer.echo(f"plan {plan}: {n_slices} slices in {len(partial)} images → partial labels")
+    if resume and not (out / "last.pt").is_file():
+        raise typer.BadParameter(f"nothing to resume: {out / 'last.pt'} does not exist", param_hint="--resume")
     cfg = TrainConfig(
         preset=preset, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, optimizer=optimizer,
         lr=lr, modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()), resume=resume,
