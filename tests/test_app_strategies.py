@@ -80,6 +80,11 @@ def test_info_strategies_leases_and_persisted_settings(studies, synth_root, tmp_
     with inprocess_app(studies, {"budget_dispersion": "0.25"}) as (client, _app):
         s = client.get("/info/").json()["strategy_settings"]
         assert s["budget_dispersion"] == 0.25 and s["budget_total_slices"] == 60
+        edit = client.post("/activelearning/budget", json={"client_id": "dave", "budget_dispersion": "0.4"})
+        assert edit.status_code == 200
+    # the same --conf again (as in MONAI Label's training subprocess) does not undo the admin's edit
+    with inprocess_app(studies, {"budget_dispersion": "0.25"}) as (client, _app):
+        assert client.get("/info/").json()["strategy_settings"]["budget_dispersion"] == 0.4
 
 
 def test_budget_runs_out_and_says_so(studies, synth_root, tmp_path):

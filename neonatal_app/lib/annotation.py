@@ -82,13 +82,22 @@ class AnnotationService:
 
     # ------------------------------------------------------------------ strategy settings
     def _init_settings(self) -> None:
-        """Persisted settings win over defaults; keys given with ``--conf`` win over persisted ones."""
+        """Persisted settings win over defaults; a ``--conf`` key wins when its value is new.
+
+        "New" = different from the value that key had at the previous start: MONAI Label rebuilds the
+        app (same ``--conf``) in every training subprocess, and that must not undo an admin's edit
+        made in Slicer since the server started.
+        """
         with self.state.update() as st:
             saved = st.get("strategy") or {}
-            merged = self.config.strategy_settings()
+            conf = self.config.strategy_settings()
+            applied = st.get("conf_applied") or {}
+            merged = dict(conf)
             for k in STRATEGY_KEYS:
-                if k in saved and k not in self.config.explicit:
+                conf_is_new = k in self.config.explicit and applied.get(k) != conf[k]
+                if k in saved and not conf_is_new:
                     merged[k] = saved[k]
+            st["conf_applied"] = {k: conf[k] for k in STRATEGY_KEYS if k in self.config.explicit}
             try:
                 AppConfig().with_updates(merged)
             except ConfError as exc:
