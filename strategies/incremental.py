@@ -262,7 +262,10 @@ def record_submission(
     """A new state after the annotator submitted ``assignments``: slices marked annotated, lease closed.
 
     Works without an open lease too (a late submission after expiry still counts). Slices
-    already annotated are not counted twice.
+    already annotated are not counted twice. With ``client_id`` only that client's lease closes;
+    another client's lease on the same image loses the slices just annotated (and closes when
+    none are left), so nobody is asked to redo them and the budget is not reserved twice.
+    ``client_id=None`` closes every lease on the image.
     """
     items = [assignments] if isinstance(assignments, SliceAssignment) else list(assignments)
     if not items:
@@ -277,7 +280,22 @@ def record_submission(
         per_axis[a.axis] = sorted(set(per_axis.get(a.axis, [])) | set(a.indices))
     st.visits[image] = st.visits.get(image, 0) + 1
     st.leases = [lease for lease in st.leases if not _matches(lease, image, client_id)]
+    if client_id is not None:
+        trimmed = (_without_annotated(lease, per_axis) if lease.image == image else lease for lease in st.leases)
+        st.leases = [lease for lease in trimmed if lease is not None]
     return st
+
+
+def _without_annotated(lease: Lease, annotated: Mapping[str, Sequence[int]]) -> Lease | None:
+    """``lease`` minus the slices in ``annotated`` (axis name → indices); None when nothing is left."""
+    kept = []
+    for a in lease.assignments:
+        rest = [i for i in a.indices if i not in set(annotated.get(a.axis, ()))]
+        if rest:
+            kept.append(replace(a, indices=rest))
+    if not kept:
+        return None
+    return replace(lease, assignments=kept)
 
 
 def annotated_voxel_indices(state: AssignmentState, image: str) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from strategies.assignment import SliceAssignment
 from strategies.budget import BudgetConfig, plan_budget
 from strategies.extents import entry_from_arrays
 from strategies.incremental import (
@@ -136,3 +137,21 @@ def test_exhausted_scans_and_bad_input() -> None:
         next_assignment(st, ENTRIES, "a", "not a time")
     with pytest.raises(StateError):
         AssignmentState.from_json({"annotated": {}})
+
+
+def test_late_submission_trims_the_new_holders_lease() -> None:
+    """Alice's lease expired, Bob got the same slices; Alice then submits: Bob keeps none of the done slices,
+    the budget is not reserved twice, and a lease on another scan is untouched."""
+    st = new_state(BudgetConfig(200, 0.3, "axial"))
+    a = next_assignment(st, ENTRIES[:1], "alice", T0, lease_seconds=60)
+    other = next_assignment(a.state, ENTRIES[1:2], "carol", T0, lease_seconds=6000)
+    b = next_assignment(other.state, ENTRIES[:1], "bob", T0 + timedelta(seconds=61), lease_seconds=600)
+    assert b.assignments[0].indices == a.assignments[0].indices
+    half = a.assignments[0].indices[: len(a.assignments[0].indices) // 2]
+    done = [SliceAssignment("s0", "axial", 2, half)]
+    after = record_submission(b.state, done, client_id="alice")
+    bob = after.lease_of(image="s0", client_id="bob")
+    assert bob is not None and set(bob.assignments[0].indices) == set(a.assignments[0].indices) - set(half)
+    assert after.lease_of(image="s1", client_id="carol") is not None
+    everything = [SliceAssignment("s0", "axial", 2, a.assignments[0].indices)]
+    assert record_submission(b.state, everything, client_id="alice").lease_of(image="s0") is None

@@ -20,7 +20,7 @@ import numpy as np
 
 from neonatal_app.lib.config import STRATEGY_KEYS, AppConfig, ConfError
 from neonatal_app.lib.state import STATE_DIR, StateStore, image_record
-from neonatal_app.lib.submission import SubmissionRejected, SubmissionResult
+from neonatal_app.lib.submission import ANONYMOUS, SubmissionRejected, SubmissionResult
 from strategies.assignment import SliceAssignment
 from strategies.budget import BudgetConfig
 from strategies.extents import ExtentCache, PlanEntry, entry_from_arrays
@@ -158,21 +158,26 @@ class AnnotationService:
             "last_reason": self.last_reason,
         }
 
-    def assignments_for(self, image_id: str) -> list[SliceAssignment] | None:
-        """The assignment a submission for ``image_id`` is checked against (open lease, else the last one
-        handed out and not yet submitted, so a late submission after the lease expired still counts)."""
-        st = self.state.read()
-        raw = st.get("assignment")
-        if raw:
-            a = AssignmentState.from_json(raw)
-            lease = a.lease_of(image=image_id)
-            if lease is not None:
-                return list(lease.assignments)
+    def assignments_for(self, image_id: str, client_id: str | None = None) -> list[SliceAssignment] | None:
+        """The assignment a submission for ``image_id`` is checked against: the submitter's open lease, else
+        the last one handed to the submitter and not yet submitted (a late submission after the lease expired,
+        even if the scan was handed to someone else since), else — for a submitter the server cannot tell
+        (no client id) — the open lease on the image."""
+        return self._match(self.state.read(), image_id, client_id)[0]
+
+    def _match(self, st: dict, image_id: str, client_id: str | None) -> tuple[list[SliceAssignment] | None, bool]:
+        """(assignments, matched by the submitter's own client id)."""
+        a = AssignmentState.from_json(st["assignment"]) if st.get("assignment") else None
+        if client_id and a is not None and (own := a.lease_of(image=image_id, client_id=client_id)) is not None:
+            return list(own.assignments), True
         rec = st["images"].get(image_id) or {}
-        last = rec.get("last_assignment")
+        last = (rec.get("last_assignments") or {}).get(client_id or "")
         if last and not last.get("submitted"):
-            return [SliceAssignment.from_json(x) for x in last["parts"]]
-        return None
+            return [SliceAssignment.from_json(x) for x in last["parts"]], True
+        anonymous = client_id in (None, "", ANONYMOUS)
+        if anonymous and a is not None and (any_ := a.lease_of(image=image_id)) is not None:
+            return list(any_.assignments), False
+        return None, False
 
     # ------------------------------------------------------------------ plan entries
     def _image_ids(self) -> list[str]:
@@ -282,9 +287,9 @@ class AnnotationService:
             lease = res.state.lease_of(image=image_id)
             rec = image_record(st, image_id)
             parts = [x.to_json() for x in res.assignments]
-            if (rec.get("last_assignment") or {}).get("parts") != parts:
-                rec["last_assignment"] = {"parts": parts, "strategy": strategy, "client_id": client_id,
-                                          "submitted": False}
+            lasts = rec.setdefault("last_assignments", {})
+            if (lasts.get(client_id) or {}).get("parts") != parts:
+                lasts[client_id] = {"parts": parts, "strategy": strategy, "submitted": False}
         for x in res.assignments:
             x.strategy = strategy
         original = self.write_original(image_id, res.assignments)
@@ -335,13 +340,16 @@ class AnnotationService:
         with self._lock, self.state.update() as st:
             rec = image_record(st, image_id)
             if result.mode == "assignment":
+                _, own = self._match(st, image_id, client_id)
                 a = self._load_assignment_state(st, st["strategy"])
                 done = [SliceAssignment(image_id, x["axis"], x["voxel_axis"], x["indices"]) for x in result.accepted]
-                a = record_submission(a, done)
+                # the submitter's lease closes; another annotator's lease on this scan drops the slices just done
+                a = record_submission(a, done, client_id=client_id if own else None)
                 a.config = budget_config(st["strategy"])
                 st["assignment"] = a.to_json()
-                if rec.get("last_assignment"):
-                    rec["last_assignment"]["submitted"] = True
+                last = (rec.get("last_assignments") or {}).get(client_id)
+                if last:
+                    last["submitted"] = True
             rec["rounds"] = int(rec.get("rounds", 0)) + 1
             rec["submissions"].append(
                 {k: summary[k] for k in ("raw_submission", "client_id", "saved_at", "mode", "slices_accepted",

@@ -28,7 +28,13 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
 from neonatal_app.lib.state import STATE_DIR, StateStore, now_iso
-from neonatal_app.lib.submission import SubmissionRejected, check_submission, convert_submission, remap_segments
+from neonatal_app.lib.submission import (
+    ANONYMOUS,
+    SubmissionRejected,
+    check_submission,
+    convert_submission,
+    remap_segments,
+)
 from training.labels import IGNORE
 from training.nifti import NiftiError, load_volume, read_header, save_volume
 
@@ -207,7 +213,7 @@ class NeolabelDatastore(LocalDatastore):
             raise SubmissionRejected(f"corrupt or non-NIfTI label: {msg}", 400) from None
         shape, affine = read_header(image)
         data = check_submission(remap_segments(vol.data, info.get("label_info")), vol.affine, shape, affine)
-        client_id = str(info.get("client_id") or info.get("user") or "anonymous")
+        client_id = str(info.get("client_id") or info.get("user") or ANONYMOUS)
 
         with self._save_lock:
             if tag != FINAL:
@@ -216,7 +222,7 @@ class NeolabelDatastore(LocalDatastore):
             previous = self.read_label(image_id, FINAL)
             if previous is not None and previous.shape != data.shape:
                 previous = None
-            assignments = self._assignments_for(image_id)
+            assignments = self._assignments_for(image_id, client_id)
             original = self.read_label(image_id, ORIGINAL)
             frame = original is not None and self.get_label_info(image_id, ORIGINAL).get("kind") == "frame"
             result = convert_submission(data, assignments, previous, original, original_is_frame=frame)

@@ -19,6 +19,8 @@ from strategies.assignment import SliceAssignment
 from strategies.masks import assignment_mask, merge_partial, partial_label
 from training.labels import CLASSES, IGNORE, LabelError, validate_label
 
+ANONYMOUS = "anonymous"  # client id of a submission that names none
+
 
 class SubmissionRejected(ValueError):
     """A submission that is refused; ``status`` is the HTTP status the server answers with."""
