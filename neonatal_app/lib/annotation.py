@@ -262,8 +262,10 @@ class AnnotationService:
         """Assign the next scan and slices to the requesting client; ``{}`` when there is nothing to do."""
         if self.datastore is None:
             raise RuntimeError("datastore not initialised")
-        settings = self.update_settings({k: request[k] for k in STRATEGY_KEYS if k in request})
-        client_id = str(request.get("client_id") or request.get("user") or "anonymous")
+        # only the admin-editable `budget` strategy's options table changes the shared settings
+        edits = {k: request[k] for k in STRATEGY_KEYS if k in request} if strategy == "budget" else {}
+        settings = self.update_settings(edits)
+        client_id = str(request.get("client_id") or request.get("user") or ANONYMOUS)
         cfg = budget_config(settings, selection)
         entries = self.entries()
         scores = self.scores(entries) if cfg.selection == "uncertainty" else None
