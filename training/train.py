@@ -199,7 +199,9 @@ def validate(model: Any, val_cases: list, patch: tuple[int, int, int], device: A
             per_subject.append({"id": case.id, "dice": d, "tissue_dice": tissue_mean(d)})
     mean = {c: float(np.nanmean([s["dice"][c] for s in per_subject])) if any(
         not math.isnan(s["dice"][c]) for s in per_subject) else float("nan") for c in range(NUM_CLASSES)}
-    return {"dice": mean, "tissue_dice": tissue_mean(mean), "subjects": per_subject}
+    # tissue Dice = mean over subjects of each subject's tissue mean, as `neolabel evaluate` reports it
+    tissue = [s["tissue_dice"] for s in per_subject if not math.isnan(s["tissue_dice"])]
+    return {"dice": mean, "tissue_dice": float(np.mean(tissue)) if tissue else float("nan"), "subjects": per_subject}
 
 
 def train(
