@@ -220,7 +220,21 @@ def train(
     dense labels, and only the subjects it names are trained on. ``val_subjects`` need dense
     labels. ``init`` starts from a checkpoint's weights (fine-tuning); ``cfg.resume`` continues
     ``out_dir/last.pt`` (epoch, optimiser, scheduler). ``callback(epoch_record)`` returning True stops.
+    Torch's thread count and MONAI's meta tracking are restored afterwards (training also runs
+    in-process inside the server).
     """
+    import torch
+    from monai.data.meta_obj import get_track_meta, set_track_meta
+
+    threads, track_meta = torch.get_num_threads(), get_track_meta()
+    try:
+        return _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback)
+    finally:
+        torch.set_num_threads(threads)
+        set_track_meta(track_meta)
+
+
+def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback) -> TrainResult:
     import torch
     from monai.data import set_track_meta
     from tqdm.auto import tqdm
