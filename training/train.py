@@ -32,6 +32,7 @@ from training.augment import AugmentConfig
 from training.evaluate import dice_per_class
 from training.labels import IGNORE, NUM_CLASSES, TISSUE
 from training.network import PRESETS
+from training.nifti import atomic_write
 from training.preprocess import PreprocessConfig
 from training.sampling import SamplingConfig
 
@@ -424,9 +425,7 @@ def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress,
     if writer is not None:
         writer.close()
     if not best_path.exists() and last_path.exists():  # validation never ran (e.g. stopped early)
-        tmp = best_path.with_name(".tmp-best.pt")
-        shutil.copyfile(last_path, tmp)
-        os.replace(tmp, best_path)
+        atomic_write(best_path, lambda tmp: shutil.copyfile(last_path, tmp))
     done = history[-1]["epoch"] if history else start_epoch
     return TrainResult(out_dir=out, best_path=best_path, last_path=last_path, epochs_completed=int(done),
                        best_metric=best_metric, history=history, n_train=len(cases), stopped_early=stopped)

@@ -248,18 +248,9 @@ def write_markdown(path: Path, results: Sequence[dict], meta: dict) -> Path:
 
 
 def _savefig(fig: Any, path: Path) -> Path:
-    import os
-    import tempfile
+    from training.nifti import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png")
 
 
 def figures(out: Path, results: Sequence[dict]) -> list[Path]:

@@ -36,7 +36,7 @@ from neonatal_app.lib.submission import (
     remap_segments,
 )
 from training.labels import IGNORE
-from training.nifti import NiftiError, load_volume, read_header, save_volume
+from training.nifti import NiftiError, atomic_write_text, load_volume, read_header, save_volume
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,7 @@ class NeolabelDatastore(LocalDatastore):
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            d = os.path.dirname(self._datastore_config_path)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-datastore-", suffix=".json", dir=d)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(text)
-                os.replace(tmp, self._datastore_config_path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_text(self._datastore_config_path, text)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:
