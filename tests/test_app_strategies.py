@@ -113,6 +113,9 @@ def test_model_appears_when_published_and_drives_infer_and_uncertainty(studies, 
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
         r = client.post("/infer/segmentation?image=sub-NOPE_ses-1")
         assert r.status_code == 404
+        outside = tmp_path / "elsewhere.nii.gz"  # an existing file outside the study set is not served
+        save_volume(outside, np.ones((8, 8, 8), np.float32), np.eye(4))
+        assert client.post(f"/infer/segmentation?image={outside}").status_code == 404
 
         # with a model the uncertainty strategy ranks by entropy and the original label is the pre-segmentation
         u = client.post("/activelearning/uncertainty", json={"client_id": "ulla"}).json()

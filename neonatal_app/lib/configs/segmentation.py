@@ -42,7 +42,8 @@ class SegmentationConfig:
             log.info("published pretrained model %s as %s", src, self.path)
 
     def infer(self) -> SegmentationInfer:
-        return SegmentationInfer(self.path, device=self.config.device, fast=self.config.infer_fast)
+        return SegmentationInfer(self.path, device=self.config.device, fast=self.config.infer_fast,
+                                 studies=self.studies)
 
     def trainer(self) -> SegmentationTrainer:
         return SegmentationTrainer(self.studies, self.path, self.config, self.state)

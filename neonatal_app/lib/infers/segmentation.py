@@ -36,7 +36,8 @@ def resolve_device(device: str) -> str | None:
 class SegmentationInfer(InferTask):
     """Whole-volume drawem9 segmentation with the study set's current model."""
 
-    def __init__(self, model_path: str | Path, device: str = "auto", fast: bool = True) -> None:
+    def __init__(self, model_path: str | Path, device: str = "auto", fast: bool = True,
+                 studies: str | Path | None = None) -> None:
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=slicer_label_map(),
@@ -45,6 +46,7 @@ class SegmentationInfer(InferTask):
             config={"device": device, "fast": fast},
         )
         self.model_path = Path(model_path)
+        self.studies = Path(os.path.abspath(studies)) if studies is not None else None
         self.device = device
         self.fast = fast
         self._lock = threading.Lock()
@@ -83,6 +85,16 @@ class SegmentationInfer(InferTask):
                 self._mtime = mtime
             return self._predictor
 
+    def _in_study_set(self, image: str) -> bool:
+        """MONAI Label passes any existing server path through as is: only study-set images are segmented
+        (an image of a dHCP view is a link into the tree, so compare resolved paths)."""
+        if not os.path.isfile(image):
+            return False
+        if self.studies is None:
+            return True
+        real = os.path.realpath(image)
+        return any(os.path.realpath(p) == real for p in self.studies.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+
     def info(self) -> dict[str, Any]:
         d = super().info()
         d["model_file"] = str(self.model_path)
@@ -93,7 +105,7 @@ class SegmentationInfer(InferTask):
         from training.nifti import save_volume
 
         image = request.get("image")
-        if not isinstance(image, str) or not image or not os.path.isfile(image):
+        if not isinstance(image, str) or not image or not self._in_study_set(image):
             from neonatal_app.lib.datastore import http_error
 
             raise http_error(404, f"unknown image {request.get('image')!r}: not in this study set")
