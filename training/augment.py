@@ -19,6 +19,8 @@ from typing import Any
 
 from monai.transforms import RandomizableTransform
 
+from training.config_dict import config_from_dict
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -47,12 +49,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
-        d = dict(d)
-        for k in ("elastic_sigma", "elastic_magnitude", "smooth_sigma"):
-            if k in d:
-                d[k] = tuple(d[k])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, ("elastic_sigma", "elastic_magnitude", "smooth_sigma"))
 
     def without_intensity(self) -> AugmentConfig:
         d = self.to_dict()

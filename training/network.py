@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from training.config_dict import config_from_dict
 from training.labels import NUM_CLASSES
 
 
@@ -71,12 +72,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
-        d = dict(d)
-        for k in ("patch_size", "spacing", "filters"):
-            if k in d:
-                d[k] = tuple(d[k])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, ("patch_size", "spacing", "filters"))
 
     @property
     def levels(self) -> int:

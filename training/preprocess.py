@@ -22,6 +22,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from training.config_dict import config_from_dict
 from training.labels import IGNORE, OUTER_BACKGROUND, validate_label
 from training.nifti import Volume, load_volume
 
@@ -47,11 +48,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        d = dict(d)
-        if "modalities" in d:
-            d["modalities"] = tuple(d["modalities"])
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, ("modalities",))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from training.config_dict import config_from_dict
 from training.labels import IGNORE, TISSUE
 
 
@@ -39,8 +40,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 @dataclass

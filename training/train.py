@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from training.augment import AugmentConfig
+from training.config_dict import config_from_dict
 from training.evaluate import dice_per_class
 from training.labels import IGNORE, NUM_CLASSES, TISSUE
 from training.network import PRESETS
@@ -122,12 +123,7 @@ class TrainConfig:
             d["augment"] = AugmentConfig.from_dict(d["augment"])
         if "sampling" in d and isinstance(d["sampling"], dict):
             d["sampling"] = SamplingConfig.from_dict(d["sampling"])
-        if d.get("patch_size") is not None:
-            d["patch_size"] = tuple(d["patch_size"])
-        if "modalities" in d:
-            d["modalities"] = tuple(d["modalities"])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d, ("patch_size", "modalities"))
 
 
 @dataclass
