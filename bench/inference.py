@@ -78,7 +78,14 @@ def loadavg() -> str:
 
 
 def quick_train(
-    out: Path, minutes: float, crop: int, n_subjects: int, seed: int, batch: int, preset: str = "paper"
+    out: Path,
+    minutes: float,
+    crop: int,
+    n_subjects: int,
+    seed: int,
+    batch: int,
+    preset: str = "paper",
+    lr: float = 1e-3,
 ) -> Path:
     """Train a preset's network briefly on random crops of generated 0.5 mm subjects; save a checkpoint."""
     import torch
@@ -87,6 +94,7 @@ def quick_train(
     from training.loss import MaskedDiceCELoss
     from training.network import build_network, network_config
     from training.nifti import Volume
+    from training.predict import with_fast_instance_norm
     from training.preprocess import PreprocessConfig, preprocess
     from training.sampling import PatchDataset, make_case
     from training.synthetic import generate_subject
@@ -103,9 +111,12 @@ def quick_train(
         cases.append(make_case(f"train{i}", pp.image, pp.label, 20000, seed + i))
     print(f"[train] generated {n_subjects} subjects in {time.perf_counter() - t0:.0f} s", flush=True)
     ds = PatchDataset(cases, (crop, crop, crop), 10**6, None, None, seed=seed)
-    model = build_network(net_cfg).to(memory_format=torch.channels_last_3d)
+    final = build_network(net_cfg)
+    # same maths as InstanceNorm3d, 1.4× faster per 128³ training iteration on CPU (measured 7.2 vs 10.2 s);
+    # the state dicts have the same keys, so the weights go back into the plain network at the end
+    model = with_fast_instance_norm(final).to(memory_format=torch.channels_last_3d)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=3e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=3e-5)
     loss_fn = MaskedDiceCELoss(num_classes=net_cfg.out_channels)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
@@ -133,10 +144,11 @@ def quick_train(
                 f"[train] it {it} loss {np.mean(losses[-10:]):.4f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-    model.eval()
+    final.load_state_dict(model.to(memory_format=torch.contiguous_format).state_dict())
+    final.eval()
     save_checkpoint(
         out,
-        model.to(memory_format=torch.contiguous_format),
+        final,
         network=net_cfg,
         preprocess=pcfg,
         train_config={
@@ -146,7 +158,7 @@ def quick_train(
             "batch": batch,
             "minutes": minutes,
             "optimizer": "adamw",
-            "lr": 3e-3,
+            "lr": lr,
         },
         epoch=1,
         metrics={"final_loss": float(np.mean(losses[-10:])) if losses else None},
@@ -196,7 +208,8 @@ def main() -> None:
     )
     ap.add_argument("--save-ckpt", type=Path, default=Path("/tmp/neolabel-bench/paper-quick.pt"))
     ap.add_argument("--train-minutes", type=float, default=12.0)
-    ap.add_argument("--train-crop", type=int, default=96)
+    ap.add_argument("--train-crop", type=int, default=128, help="training crop (the paper: 128 = patch size)")
+    ap.add_argument("--train-lr", type=float, default=1e-3)
     ap.add_argument("--train-batch", type=int, default=1)
     ap.add_argument("--train-subjects", type=int, default=3)
     ap.add_argument("--preset", default="paper", help="network preset trained when no --ckpt (paper | cpu)")
@@ -209,6 +222,11 @@ def main() -> None:
         help="time only K baseline windows and extrapolate (0 = run the full baseline)",
     )
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument(
+        "--baseline-cache",
+        type=Path,
+        help="exploration only: reuse the baseline label saved here by an earlier run (said so in the output)",
+    )
     ap.add_argument("--ablation", action="store_true", help="also time variants of the fast settings")
     ap.add_argument("--variants", default="", help="comma-separated subset of the ablation variants to run")
     ap.add_argument("--age", type=float, default=40.0)
@@ -239,6 +257,7 @@ def main() -> None:
                 0,
                 args.train_batch,
                 args.preset,
+                args.train_lr,
             )
     if args.train_only:
         return
@@ -270,6 +289,14 @@ def main() -> None:
     base_label = None
     baseline_s = math.nan
     ref = Predictor(ck.model, ck.network, ck.preprocess, device="cpu", fast=False)
+    cache_key = f"{Path(ckpt).resolve()}:{os.path.getmtime(ckpt)}:{args.age}:{args.seed}"
+    if args.baseline_cache and args.baseline_cache.is_file():
+        cached = np.load(args.baseline_cache, allow_pickle=False)
+        if str(cached["key"]) == cache_key:
+            base_label, baseline_s = cached["label"], float(cached["seconds"])
+            results["baseline"] = {"seconds": baseline_s, "cached": str(args.baseline_cache)}
+            print(f"baseline: {baseline_s:.1f} s, CACHED from an earlier run ({args.baseline_cache})")
+            args.skip_baseline = True
     if not args.skip_baseline and args.baseline_windows <= 0:
         print(f"baseline (paper settings, full run): load average {loadavg()}", flush=True)
         inner = ref._window_logits
@@ -296,6 +323,8 @@ def main() -> None:
         }
         print(f"baseline: {baseline_s:.1f} s, peak +{base_mem:.2f} GB, {base_info}")
         print(f"baseline vs GT: {results['baseline']['dice_vs_gt']}")
+        if args.baseline_cache:
+            np.savez_compressed(args.baseline_cache, key=cache_key, label=base_label, seconds=baseline_s)
     elif not args.skip_baseline:
         from monai.data.utils import dense_patch_slices
 
@@ -343,14 +372,14 @@ def main() -> None:
 
     if args.ablation or args.variants:
         variants = {
+            "no_context_norm": {"context_norm": False},
+            "patch_windows": {"large_windows": False},
+            "margin4": {"head_margin_mm": 4.0},
             "no_head_retry": {"head_retries": 0},
-            "no_head_retry_plain_bf16": {"head_retries": 0, "fast_norm": False, "channels_last": False},
-            "no_fast_norm": {"fast_norm": False},
-            "no_channels_last_no_fast_norm": {"fast_norm": False, "channels_last": False},
+            "no_roi_to_box": {"roi_to_box": False},
             "fp32": {"precision": "fp32"},
             "no_head_crop": {"head_crop": False},
-            "roi128_overlap0.5_gaussian": {"roi_size": (128, 128, 128), "overlap": 0.5},
-            "roi128_overlap0.25_gaussian": {"roi_size": (128, 128, 128), "overlap": 0.25},
+            "patch_windows_overlap0.5_gaussian": {"large_windows": False, "overlap": 0.5},
             "tta": {"tta": True},
         }
         if args.variants:

@@ -155,7 +155,7 @@ def test_tta_averages_mirrored_predictions(tiny):
     model, _ = tiny
     x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(7))
     p = _predictor(tiny, precision="fp32", tta=True, head_crop=False, fast_norm=False, channels_last=False,
-                   large_windows=True)  # one window = the whole input, so the direct model calls compare
+                   large_windows=True, context_norm=False)  # one window = the whole input: direct calls compare
     got = p.logits_cropped(x)
     with torch.inference_mode():
         acc = torch.zeros_like(got)
@@ -202,3 +202,41 @@ def test_bad_options_raise(tiny):
     p = Predictor(model, cfg, PreprocessConfig(), device="cpu", roi_size=(30, 32, 32))
     with pytest.raises(PredictError):
         p.logits_cropped(torch.zeros(1, 8, 8, 8))
+
+
+def test_single_window_path_equals_monai_with_one_window(tiny):
+    """A volume that one window covers skips MONAI's buffers but pads and crops exactly as it does."""
+    model, _ = tiny
+    x = torch.randn(1, 27, 30, 19, generator=torch.Generator().manual_seed(8))
+    ref = _reference_logits(model, x, (32, 32, 32), 0.125, "gaussian")
+    p = _predictor(tiny, precision="fp32", roi_size=(32, 32, 32), head_crop=False, skip_empty=False)
+    got = p.logits_cropped(x)
+    assert got.shape == ref.shape and p.last_stats.windows == 1
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_fast_defaults_plan_one_window_with_patch_context(tiny):
+    """Default fast settings: windows at least the training patch, patch-context norm, few windows."""
+    model, cfg = tiny
+    p = _predictor(tiny)
+    assert p.settings.large_windows and p.settings.context_norm
+    roi = p.window_size((20, 70, 40))
+    assert all(r >= s for r, s in zip(roi, cfg.patch_size, strict=True))
+    assert all(r % d == 0 for r, d in zip(roi, p.divisor, strict=True))
+    x = torch.randn(1, 20, 70, 40, generator=torch.Generator().manual_seed(9))
+    out = p.logits_cropped(x)
+    assert out.shape == (cfg.out_channels, 20, 70, 40) and torch.isfinite(out).all()
+    # patch windows stay available and then use the plain (training-context) instance norm
+    q = _predictor(tiny, large_windows=False)
+    assert q.settings.roi_size == tuple(cfg.patch_size) and not q.settings.context_norm
+
+
+def test_head_box_grows_to_the_window_inside_the_volume(tiny):
+    import numpy as np
+
+    p = _predictor(tiny)
+    lo, hi = p._grow_to_window(np.array([0, 10, 30]), np.array([20, 30, 50]), (64, 64, 40))
+    roi = p.window_size((20, 20, 20))
+    assert list(hi - lo) == [min(r, f) for r, f in zip(roi, (64, 64, 40), strict=True)]
+    assert (lo >= 0).all() and (hi <= np.array([64, 64, 40])).all()
+    assert lo[0] == 0 and lo[1] <= 10 and hi[1] >= 30  # still contains the original box

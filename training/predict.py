@@ -36,6 +36,20 @@ import torch
 
 from training import labels as L
 from training.nifti import Volume, read_header, save_volume
+from training.norms import with_fast_instance_norm, with_patch_context_norm
+
+__all__ = [
+    "InferenceSettings",
+    "PredictError",
+    "Predictor",
+    "fast_settings",
+    "foreground_mask",
+    "head_box",
+    "plan_roi",
+    "reference_predict",
+    "reference_settings",
+    "with_fast_instance_norm",
+]
 
 
 class PredictError(ValueError):
@@ -64,6 +78,8 @@ class InferenceSettings:
     head_face_mm2: float = 25.0  # predicted brain area on a box face that widens the box (second pass)
     fast_norm: bool = False  # instance norm via batch-norm kernels (no layout copies; same maths)
     large_windows: bool = False  # fast mode: plan few large windows (plan_roi) instead of patch-size ones
+    context_norm: bool = False  # instance norm with patch-sized neighbourhood statistics (training.norms)
+    roi_to_box: bool = False  # grow the head box to the planned window (real context instead of zero padding)
 
 
 def reference_settings(patch_size: Sequence[int]) -> InferenceSettings:
@@ -97,6 +113,9 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
             max_window_voxels=256 * 320 * 256,
             head_crop=True,
             fast_norm=True,
+            large_windows=True,
+            context_norm=True,
+            roi_to_box=True,
         )
     return InferenceSettings(
         roi_size=None,
@@ -108,6 +127,9 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
         channels_last=True,
         head_crop=True,
         fast_norm=True,
+        large_windows=True,
+        context_norm=True,
+        roi_to_box=True,
     )
 
 
@@ -254,13 +276,9 @@ class Predictor:
                 raise PredictError("threads must be ≥ 1")
             torch.set_num_threads(int(threads))
         patch = overrides.pop("patch_size", None) or getattr(network_cfg, "patch_size", None)
+        self.patch_size = tuple(int(p) for p in patch) if patch is not None else None
         if fast:
             settings = fast_settings(self.device)
-            if patch is not None and not overrides.get("large_windows", False):
-                # Windows of the training patch size: instance norm then sees the context it was trained on.
-                # Measured (cpu preset, held-out synthetic scans): one whole-head window dropped tissue Dice
-                # 0.946 → 0.912 (agreement with the paper's settings 0.93); patch windows kept 0.948 (0.983).
-                settings = replace(settings, roi_size=tuple(int(p) for p in patch))
         else:
             if patch is None and overrides.get("roi_size") is None:
                 raise PredictError("reference settings need the training patch size (network_cfg.patch_size)")
@@ -270,7 +288,15 @@ class Predictor:
             raise PredictError(f"unknown inference option(s): {', '.join(sorted(unknown))}")
         if overrides.get("roi_size") is not None:
             overrides["roi_size"] = tuple(int(v) for v in np.broadcast_to(overrides["roi_size"], (3,)))
-        self.settings = replace(settings, **overrides)
+        settings = replace(settings, **overrides)
+        if fast and not settings.large_windows and settings.roi_size is None and patch is not None:
+            # Windows of the training patch size: instance norm then sees the context it was trained on.
+            settings = replace(settings, roi_size=self.patch_size, context_norm=False)
+        if settings.context_norm and self.patch_size is None:
+            if "context_norm" in overrides:
+                raise PredictError("context_norm needs the training patch size (network_cfg.patch_size)")
+            settings = replace(settings, context_norm=False)
+        self.settings = settings
         s = self.settings
         if s.blend not in {"constant", "gaussian"}:
             raise PredictError(f"blend must be 'constant' or 'gaussian', not {s.blend!r}")
@@ -281,7 +307,9 @@ class Predictor:
         self.autocast_dtype = _resolve_precision(s.precision, self.device)
         self.divisor = _stride_divisor(model, network_cfg)
         self.num_classes = int(getattr(network_cfg, "out_channels", L.NUM_CLASSES) or L.NUM_CLASSES)
-        if s.fast_norm:
+        if s.context_norm:
+            model = with_patch_context_norm(model, self.patch_size)  # a copy, batch-norm kernels inside
+        elif s.fast_norm:
             model = with_fast_instance_norm(model)  # a copy: the caller's model is left as it was
         elif s.channels_last:
             import copy
@@ -385,17 +413,8 @@ class Predictor:
             raise PredictError(f"expected a (C, X, Y, Z) array, got shape {tuple(x.shape)}")
         n_channels = int(x.shape[0])
         shape = tuple(int(v) for v in x.shape[1:])
-        roi = s.roi_size or plan_roi(
-            shape,
-            self.divisor,
-            overlap=s.overlap,
-            max_window_voxels=s.max_window_voxels,
-            max_windows_per_axis=s.max_windows_per_axis,
-        )
-        if any(r % d for r, d in zip(roi, self.divisor, strict=True)):
-            raise PredictError(
-                f"roi_size {roi} must be a multiple of the network's total stride {self.divisor}"
-            )
+        roi = self.window_size(shape)
+        self._check_roi(roi)
         self.last_stats.roi_size, self.last_stats.crop_shape = tuple(roi), shape
         self.last_stats.autocast = (
             str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
@@ -405,6 +424,8 @@ class Predictor:
             inp = torch.cat([x, foreground_mask(x, self.background_value).unsqueeze(0).to(x.dtype)], dim=0)
         inp = inp.unsqueeze(0).to(self.device)
         with torch.inference_mode():
+            if all(r >= n for r, n in zip(roi, shape, strict=True)):
+                return self._single_window(inp, roi, n_channels)
             out = sliding_window_inference(
                 inp,
                 roi_size=roi,
@@ -419,6 +440,43 @@ class Predictor:
                 device=self.device,
             )
         return torch.as_tensor(out)[0].float()
+
+    def _single_window(self, inp: torch.Tensor, roi: Sequence[int], n_channels: int) -> torch.Tensor:
+        """One window covers the volume: pad like MONAI's sliding window (zeros, centred), run, crop.
+
+        Same result as ``sliding_window_inference`` with one window (its blending divides out), without
+        its full-size importance, count and output buffers.
+        """
+        shape = inp.shape[2:]
+        before = [(r - n) // 2 for r, n in zip(roi, shape, strict=True)]
+        pad: list[int] = []
+        for b, r, n in reversed(list(zip(before, roi, shape, strict=True))):
+            pad += [b, r - n - b]
+        x = torch.nn.functional.pad(inp, pad, mode="constant", value=0.0) if any(pad) else inp
+        out = self._window_predictor(n_channels)(x)
+        sl = tuple(slice(b, b + n) for b, n in zip(before, shape, strict=True))
+        return out[(0, slice(None), *sl)].float()
+
+    def window_size(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """The sliding-window roi for a (cropped) volume of ``shape``: fixed, or planned (``plan_roi``)."""
+        s = self.settings
+        if s.roi_size is not None:
+            return tuple(s.roi_size)
+        roi = plan_roi(
+            shape,
+            self.divisor,
+            overlap=s.overlap,
+            max_window_voxels=s.max_window_voxels,
+            max_windows_per_axis=s.max_windows_per_axis,
+        )
+        if self.patch_size is not None and s.context_norm:
+            # never smaller than the training patch: the network then sees (at least) its training context
+            roi = tuple(max(r, _round_up(p, d)) for r, p, d in zip(roi, self.patch_size, self.divisor, strict=True))
+        return roi
+
+    def _check_roi(self, roi: Sequence[int]) -> None:
+        if any(r % d for r, d in zip(roi, self.divisor, strict=True)):
+            raise PredictError(f"roi_size {tuple(roi)} must be a multiple of the network's total stride {self.divisor}")
 
     def _preprocess(self, images: Any):
         from training.preprocess import preprocess
@@ -452,6 +510,8 @@ class Predictor:
             box = head_box(img, pre.meta.spacing, s.head_margin_mm, background=self.background_value)
             if box is not None:
                 lo, hi = box
+                if s.roi_to_box:
+                    lo, hi = self._grow_to_window(lo, hi, full)
         t1 = time.perf_counter()
         self.last_stats.seconds_preprocess = t1 - t0
         grow = np.ceil(16.0 / np.maximum(np.asarray(pre.meta.spacing), 1e-6)).astype(int)  # 16 mm per retry
@@ -478,12 +538,32 @@ class Predictor:
                     new_hi[ax] = min(hi[ax] + grow[ax], full[ax])
             if (new_lo == lo).all() and (new_hi == hi).all():
                 break
+            if s.roi_to_box:
+                new_lo, new_hi = self._grow_to_window(new_lo, new_hi, full)
             self.last_stats.extra["head_box_retries"] = attempt + 1
             lo, hi = new_lo, new_hi
         self.last_stats.extra["head_box"] = [[int(a), int(b)] for a, b in zip(lo, hi, strict=True)]
         self.last_stats.extra["preprocessed_shape"] = list(full)
         self.last_stats.seconds_network = time.perf_counter() - t1
         return logits, sl, pre.meta, shape, affine
+
+    def _grow_to_window(
+        self, lo: np.ndarray, hi: np.ndarray, full: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Widen a box (centred, inside the volume) along axes that one window covers: the window's
+        extra voxels then hold image context instead of zero padding, at no extra cost."""
+        lo, hi = lo.copy(), hi.copy()
+        roi = self.window_size(tuple(int(v) for v in hi - lo))
+        for ax in range(3):
+            size = int(hi[ax] - lo[ax])
+            if roi[ax] <= size:
+                continue
+            target = min(int(roi[ax]), int(full[ax]))
+            extra = target - size
+            new_lo = max(int(lo[ax]) - extra // 2, 0)
+            new_hi = min(new_lo + target, int(full[ax]))
+            lo[ax], hi[ax] = new_hi - target, new_hi
+        return lo, hi
 
     def predict_probabilities(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (K, X, Y, Z) float32 on the input's grid (background 1 outside the head)."""
@@ -571,44 +651,6 @@ def head_box(
     lo = np.array([i[0] for i in idx]) * f - margin
     hi = (np.array([i[-1] for i in idx]) + 1) * f + f + margin
     return np.clip(lo, 0, full), np.clip(hi, 0, full)
-
-
-class _InstanceNormByBatchStats(torch.nn.Module):
-    """Instance norm computed with the batch-norm kernels (per sample): identical maths, but it keeps
-    the channels-last layout, where ``F.instance_norm`` makes contiguous copies (measured: about
-    half of a bf16 DynUNet window on CPU)."""
-
-    def __init__(self, norm: torch.nn.modules.instancenorm._InstanceNorm) -> None:
-        super().__init__()
-        self.eps = float(norm.eps)
-        self.weight = norm.weight
-        self.bias = norm.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        if x.shape[0] == 1:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        return torch.cat([self.forward(x[i : i + 1]) for i in range(x.shape[0])])
-
-
-def with_fast_instance_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose InstanceNorm layers (without running stats) use batch-norm kernels."""
-    import copy
-
-    from torch.nn.modules.instancenorm import _InstanceNorm
-
-    model = copy.deepcopy(model)
-
-    def swap(m: torch.nn.Module) -> None:
-        for name, child in m.named_children():
-            if isinstance(child, _InstanceNorm) and not child.track_running_stats:
-                setattr(m, name, _InstanceNormByBatchStats(child))
-            else:
-                swap(child)
-
-    swap(model)
-    return model
 
 
 def foreground_mask(image: torch.Tensor, background: float | None = 0.0) -> torch.Tensor:
