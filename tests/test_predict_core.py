@@ -155,7 +155,7 @@ def test_tta_averages_mirrored_predictions(tiny):
     model, _ = tiny
     x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(7))
     p = _predictor(tiny, precision="fp32", tta=True, head_crop=False, fast_norm=False, channels_last=False,
-                   large_windows=True, context_norm=False)  # one window = the whole input: direct calls compare
+                   large_windows=True, roi_size=(24, 24, 24))  # one window = the whole input: direct calls compare
     got = p.logits_cropped(x)
     with torch.inference_mode():
         acc = torch.zeros_like(got)
@@ -215,20 +215,19 @@ def test_single_window_path_equals_monai_with_one_window(tiny):
     assert torch.allclose(got, ref, atol=1e-4)
 
 
-def test_fast_defaults_plan_one_window_with_patch_context(tiny):
-    """Default fast settings: windows at least the training patch, patch-context norm, few windows."""
+def test_fast_defaults_plan_few_windows_at_least_the_patch(tiny):
+    """Default fast settings: few large windows, each at least the training patch."""
     model, cfg = tiny
     p = _predictor(tiny)
-    assert p.settings.large_windows and p.settings.context_norm
+    assert p.settings.large_windows
     roi = p.window_size((20, 70, 40))
     assert all(r >= s for r, s in zip(roi, cfg.patch_size, strict=True))
     assert all(r % d == 0 for r, d in zip(roi, p.divisor, strict=True))
     x = torch.randn(1, 20, 70, 40, generator=torch.Generator().manual_seed(9))
     out = p.logits_cropped(x)
     assert out.shape == (cfg.out_channels, 20, 70, 40) and torch.isfinite(out).all()
-    # patch windows stay available and then use the plain (training-context) instance norm
-    q = _predictor(tiny, large_windows=False)
-    assert q.settings.roi_size == tuple(cfg.patch_size) and not q.settings.context_norm
+    q = _predictor(tiny, large_windows=False)  # patch-size windows stay available
+    assert q.settings.roi_size == tuple(cfg.patch_size)
 
 
 def test_head_box_grows_to_the_window_inside_the_volume(tiny):

@@ -3,14 +3,15 @@
 One :class:`Predictor` serves ``neolabel infer``, the MONAI Label infer task and the simulation's
 evaluation. Two settings families exist:
 
-* ``fast=True`` (default): windows of the training patch size over the head crop, gaussian
-  blending with a small overlap, windows without foreground skipped, bf16 autocast where the
-  device runs it fast (checked per window: a non-finite output is recomputed in fp32; softmax is
-  always fp32), channels-last 3D memory format, ``torch.inference_mode``. All of these were chosen
-  by measurement (``bench/inference.py``), see ``docs``/the bench output for numbers.
-  ``large_windows=True`` plans few large windows sized to the head crop (``plan_roi``): 2–6× fewer
-  network voxels, but instance norm then normalises over a context the network never saw in
-  training, and accuracy drops (measured), so it is opt-in.
+* ``fast=True`` (default): crop to the head (+ 2 mm), then as few, as large windows as memory allows
+  (``plan_roi``; one window for a dHCP-size head on CPU, grown to real image context instead of
+  zero padding), each at least the training patch; bf16 autocast where the device runs it fast
+  (checked per window: a non-finite output is recomputed in fp32; softmax is always fp32),
+  instance norm through the batch-norm kernels (``training.norms``), channels-last 3D memory
+  format, ``torch.inference_mode``, windows without foreground skipped. Every choice was measured
+  (``bench/inference.py``; numbers in ``docs/STATUS.md``). ``large_windows=False`` gives windows of
+  the training patch size with gaussian blending at overlap 0.125 instead: slower, for networks
+  whose instance norm depends on seeing exactly the training context.
 * ``fast=False``: the paper's settings (roi = training patch, overlap 0.5, constant blending,
   sw_batch 1, fp32, every window) as the baseline that the fast settings are compared against.
 
@@ -36,7 +37,7 @@ import torch
 
 from training import labels as L
 from training.nifti import Volume, read_header, save_volume
-from training.norms import with_fast_instance_norm, with_patch_context_norm
+from training.norms import with_fast_instance_norm
 
 __all__ = [
     "InferenceSettings",
@@ -73,12 +74,11 @@ class InferenceSettings:
     max_windows_per_axis: int = 4
     fill_logit: float = -30.0  # logit of non-background classes in a skipped (empty) window
     head_crop: bool = False  # crop to the detected head (+ margin) before the network, class 0 outside
-    head_margin_mm: float = 8.0
+    head_margin_mm: float = 2.0  # the box is the Otsu head mask's extent; windows round it up anyway
     head_retries: int = 1  # extra passes with a widened box when the brain touches a cut face
     head_face_mm2: float = 25.0  # predicted brain area on a box face that widens the box (second pass)
     fast_norm: bool = False  # instance norm via batch-norm kernels (no layout copies; same maths)
     large_windows: bool = False  # fast mode: plan few large windows (plan_roi) instead of patch-size ones
-    context_norm: bool = False  # instance norm with patch-sized neighbourhood statistics (training.norms)
     roi_to_box: bool = False  # grow the head box to the planned window (real context instead of zero padding)
 
 
@@ -114,7 +114,6 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
             head_crop=True,
             fast_norm=True,
             large_windows=True,
-            context_norm=True,
             roi_to_box=True,
         )
     return InferenceSettings(
@@ -128,7 +127,6 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
         head_crop=True,
         fast_norm=True,
         large_windows=True,
-        context_norm=True,
         roi_to_box=True,
     )
 
@@ -291,11 +289,7 @@ class Predictor:
         settings = replace(settings, **overrides)
         if fast and not settings.large_windows and settings.roi_size is None and patch is not None:
             # Windows of the training patch size: instance norm then sees the context it was trained on.
-            settings = replace(settings, roi_size=self.patch_size, context_norm=False)
-        if settings.context_norm and self.patch_size is None:
-            if "context_norm" in overrides:
-                raise PredictError("context_norm needs the training patch size (network_cfg.patch_size)")
-            settings = replace(settings, context_norm=False)
+            settings = replace(settings, roi_size=self.patch_size)
         self.settings = settings
         s = self.settings
         if s.blend not in {"constant", "gaussian"}:
@@ -307,9 +301,7 @@ class Predictor:
         self.autocast_dtype = _resolve_precision(s.precision, self.device)
         self.divisor = _stride_divisor(model, network_cfg)
         self.num_classes = int(getattr(network_cfg, "out_channels", L.NUM_CLASSES) or L.NUM_CLASSES)
-        if s.context_norm:
-            model = with_patch_context_norm(model, self.patch_size)  # a copy, batch-norm kernels inside
-        elif s.fast_norm:
+        if s.fast_norm:
             model = with_fast_instance_norm(model)  # a copy: the caller's model is left as it was
         elif s.channels_last:
             import copy
@@ -376,7 +368,7 @@ class Predictor:
         assert acc is not None
         if len(flips) > 1:
             acc /= len(flips)
-        return acc.contiguous()
+        return acc  # channels-last when the model runs channels-last: argmax over classes stays cheap
 
     def _window_predictor(self, n_channels: int):
         """The callable handed to MONAI's sliding window (last input channel = foreground mask)."""
@@ -388,6 +380,8 @@ class Predictor:
                 return self._window_logits(window)
             img, fg = window[:, :n_channels], window[:, n_channels]
             has_fg = fg.flatten(1).amax(dim=1) > 0
+            if bool(has_fg.all()):
+                return self._window_logits(img)
             out = torch.full(
                 (window.shape[0], self.num_classes, *window.shape[2:]),
                 s.fill_logit,
@@ -426,11 +420,12 @@ class Predictor:
         with torch.inference_mode():
             if all(r >= n for r, n in zip(roi, shape, strict=True)):
                 return self._single_window(inp, roi, n_channels)
+            run = self._window_predictor(n_channels)
             out = sliding_window_inference(
                 inp,
                 roi_size=roi,
                 sw_batch_size=s.sw_batch_size,
-                predictor=self._window_predictor(n_channels),
+                predictor=lambda w: run(w).contiguous(),
                 overlap=s.overlap,
                 mode=s.blend,
                 sigma_scale=s.sigma_scale,
@@ -469,8 +464,8 @@ class Predictor:
             max_window_voxels=s.max_window_voxels,
             max_windows_per_axis=s.max_windows_per_axis,
         )
-        if self.patch_size is not None and s.context_norm:
-            # never smaller than the training patch: the network then sees (at least) its training context
+        if self.patch_size is not None:
+            # never smaller than the training patch: the network sees (at least) its training context
             roi = tuple(max(r, _round_up(p, d)) for r, p, d in zip(roi, self.patch_size, self.divisor, strict=True))
         return roi
 
