@@ -1,20 +1,25 @@
 """Inference benchmark: the paper's sliding-window settings vs the fast Predictor, same weights.
 
-    .venv/bin/python bench/inference.py [--ckpt PATH] [--baseline-windows K] [--ablation] [--threads 2]
+    .venv/bin/python bench/inference.py [--ckpt PATH] [--variants a,b] [--json OUT] [--threads 2]
 
 On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.synthetic.generate_subject``):
 
 1. weights: ``--ckpt`` (a neolabel checkpoint), or a brief training of the paper network (DynUNet,
-   6 levels, 32–320 filters; ``network_config("paper")``) on random crops of a few generated
-   0.5 mm subjects (AdamW, bf16 autocast), saved to ``--save-ckpt`` for later runs;
+   6 levels, 32–320 filters; ``network_config("paper")``) on random 128³ crops of a few generated
+   0.5 mm subjects (AdamW, bf16 autocast), saved to ``--save-ckpt`` for later runs; ``--train-init``
+   continues an earlier one (the results in ``bench/results/inference`` used 211 + 241 iterations,
+   28 + 30 min on 2 cores);
 2. times the baseline (roi = training patch 128³, overlap 0.5, constant blending, sw_batch 1, fp32,
-   whole volume) and the fast predictor (``Predictor(fast=True)``); with ``--baseline-windows K``
-   only K baseline windows are timed and the total is extrapolated (said so in the output);
+   whole volume) and the fast predictor (``Predictor(fast=True)``) in the same process; with
+   ``--baseline-windows K`` only K baseline windows are timed and the total is extrapolated, with
+   ``--baseline-cache F`` an earlier run's baseline label is reused (both said so in the output;
+   for exploration only);
 3. reports seconds per volume, speed-up, peak memory (RSS high-water mark above the phase's start,
-   sampled every 20 ms), Dice between the two predictions and of each against the ground truth.
+   sampled every 20 ms), Dice between the two predictions and of each against the ground truth;
+   ``--variants`` also times variants of the fast settings (patch-size windows, margins, fp32, ...).
 
 The last line is ``speedup=<ratio> fast_s=<seconds> baseline_s=<seconds> agreement_dice=<dice>``
-(agreement = mean Dice over the 10 classes between fast and baseline labels).
+(agreement = mean Dice over the classes present in either label, fast vs baseline).
 """
 
 from __future__ import annotations

@@ -215,19 +215,28 @@ def test_single_window_path_equals_monai_with_one_window(tiny):
     assert torch.allclose(got, ref, atol=1e-4)
 
 
-def test_fast_defaults_plan_few_windows_at_least_the_patch(tiny):
-    """Default fast settings: few large windows, each at least the training patch."""
+def test_large_windows_plan_few_windows_at_least_the_patch(tiny):
     model, cfg = tiny
-    p = _predictor(tiny)
-    assert p.settings.large_windows
+    p = _predictor(tiny, large_windows=True)
     roi = p.window_size((20, 70, 40))
     assert all(r >= s for r, s in zip(roi, cfg.patch_size, strict=True))
     assert all(r % d == 0 for r, d in zip(roi, p.divisor, strict=True))
     x = torch.randn(1, 20, 70, 40, generator=torch.Generator().manual_seed(9))
     out = p.logits_cropped(x)
     assert out.shape == (cfg.out_channels, 20, 70, 40) and torch.isfinite(out).all()
-    q = _predictor(tiny, large_windows=False)  # patch-size windows stay available
-    assert q.settings.roi_size == tuple(cfg.patch_size)
+    assert p.last_stats.windows < math.prod(_n_windows(s, 32, 0.125) for s in (20, 70, 40))
+
+
+def test_window_mode_follows_the_preset_measurement(tiny):
+    """Large windows only for presets measured to keep their accuracy with them (the paper network)."""
+    from training.network import large_windows_safe
+
+    assert large_windows_safe(network_config("paper"))
+    assert not large_windows_safe(network_config("cpu")) and not large_windows_safe(None)
+    model, cfg = tiny
+    q = _predictor(tiny)  # tiny preset: patch-size windows
+    assert not q.settings.large_windows and q.settings.roi_size == tuple(cfg.patch_size)
+    assert _predictor(tiny, roi_size=(40, 40, 40)).settings.roi_size == (40, 40, 40)
 
 
 def test_head_box_grows_to_the_window_inside_the_volume(tiny):

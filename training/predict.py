@@ -3,15 +3,17 @@
 One :class:`Predictor` serves ``neolabel infer``, the MONAI Label infer task and the simulation's
 evaluation. Two settings families exist:
 
-* ``fast=True`` (default): crop to the head (+ 2 mm), then as few, as large windows as memory allows
-  (``plan_roi``; one window for a dHCP-size head on CPU, grown to real image context instead of
-  zero padding), each at least the training patch; bf16 autocast where the device runs it fast
+* ``fast=True`` (default): crop to the head (+ 2 mm), then — for networks whose preset was measured
+  to keep its accuracy that way (``training.network.large_windows_safe``: the paper network) — as
+  few, as large windows as memory allows (``plan_roi``; one window for a dHCP-size head on CPU,
+  grown to real image context instead of zero padding), each at least the training patch; other
+  networks get windows of the training patch size with gaussian blending at overlap 0.125 (the
+  cpu preset lost tissue Dice with one whole-head window); bf16 autocast where the device runs it fast
   (checked per window: a non-finite output is recomputed in fp32; softmax is always fp32),
   instance norm through the batch-norm kernels (``training.norms``), channels-last 3D memory
   format, ``torch.inference_mode``, windows without foreground skipped. Every choice was measured
-  (``bench/inference.py``; numbers in ``docs/STATUS.md``). ``large_windows=False`` gives windows of
-  the training patch size with gaussian blending at overlap 0.125 instead: slower, for networks
-  whose instance norm depends on seeing exactly the training context.
+  (``bench/inference.py``; numbers in ``docs/STATUS.md``). ``large_windows=True/False`` overrides
+  the preset's choice.
 * ``fast=False``: the paper's settings (roi = training patch, overlap 0.5, constant blending,
   sw_batch 1, fp32, every window) as the baseline that the fast settings are compared against.
 
@@ -286,6 +288,10 @@ class Predictor:
             raise PredictError(f"unknown inference option(s): {', '.join(sorted(unknown))}")
         if overrides.get("roi_size") is not None:
             overrides["roi_size"] = tuple(int(v) for v in np.broadcast_to(overrides["roi_size"], (3,)))
+        if fast and "large_windows" not in overrides and "roi_size" not in overrides:
+            from training.network import large_windows_safe
+
+            settings = replace(settings, large_windows=large_windows_safe(network_cfg))
         settings = replace(settings, **overrides)
         if fast and not settings.large_windows and settings.roi_size is None and patch is not None:
             # Windows of the training patch size: instance norm then sees the context it was trained on.
