@@ -248,3 +248,13 @@ def test_head_box_grows_to_the_window_inside_the_volume(tiny):
     assert list(hi - lo) == [min(r, f) for r, f in zip(roi, (64, 64, 40), strict=True)]
     assert (lo >= 0).all() and (hi <= np.array([64, 64, 40])).all()
     assert lo[0] == 0 and lo[1] <= 10 and hi[1] >= 30  # still contains the original box
+
+
+def test_class_argmax_equals_torch_argmax_with_ties():
+    from training.predict import class_argmax
+
+    g = torch.Generator().manual_seed(10)
+    x = torch.randint(-3, 3, (10, 9, 8, 7), generator=g).float()  # many ties
+    assert torch.equal(class_argmax(x), torch.argmax(x, dim=0))
+    cl = x.unsqueeze(0).contiguous(memory_format=torch.channels_last_3d)[0]
+    assert torch.equal(class_argmax(cl), torch.argmax(x, dim=0))

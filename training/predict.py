@@ -525,7 +525,7 @@ class Predictor:
             # Safety net for the head crop: predicted brain on a cut face means the box was too tight
             # there; widen those faces and predict again. Only brain (tissue classes) counts: a cut brain
             # is worth a second pass, scattered voxels (< head_face_mm2) or scalp at the margin are not.
-            lab = torch.argmax(logits, dim=0)
+            lab = class_argmax(logits)
             lab = torch.isin(lab, torch.as_tensor(L.TISSUE, device=lab.device)).to(torch.uint8)
             sp = np.asarray(pre.meta.spacing, dtype=float)
             new_lo, new_hi = lo.copy(), hi.copy()
@@ -589,7 +589,7 @@ class Predictor:
         logits, sl, meta, shape, affine = self._run(images)
         t = time.perf_counter()
         lab = np.full(meta.shape, L.OUTER_BACKGROUND, dtype=np.uint8)
-        lab[sl] = torch.argmax(logits, dim=0).to(torch.uint8).cpu().numpy()
+        lab[sl] = class_argmax(logits).to(torch.uint8).cpu().numpy()
         out = np.asarray(restore(lab, meta, fill=L.OUTER_BACKGROUND)).astype(np.uint8, copy=False)
         if out.shape != shape:
             raise PredictError(f"internal error: restored shape {out.shape} differs from input shape {shape}")
@@ -607,6 +607,24 @@ class Predictor:
         else:
             label, affine = self.predict(image_paths)
         return save_volume(out_path, label, affine, dtype=np.uint8)
+
+
+def class_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the class axis of (K, X, Y, Z) logits; ties go to the lower class, as ``torch.argmax``.
+
+    On class-major (contiguous) logits ``torch.argmax(dim=0)`` walks memory with a stride of one volume
+    (measured 3.2 s for a 217×290×288 volume on 2 cores); a running maximum over the K planes reads each
+    plane once. Channels-last logits (the single-window path) are reduced directly.
+    """
+    if not logits.is_contiguous() or logits.shape[0] < 2:
+        return torch.argmax(logits, dim=0)
+    best = logits[0].clone()
+    idx = torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+    for k in range(1, int(logits.shape[0])):
+        better = logits[k] > best
+        best = torch.where(better, logits[k], best)
+        idx.masked_fill_(better, k)
+    return idx
 
 
 def head_box(

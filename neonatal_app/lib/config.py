@@ -154,7 +154,7 @@ class AppConfig:
         0.0, _float(0.0), "Start a retraining every N minutes when new labels arrived since the last one (0 = off)."
     )
     # --- inference
-    infer_fast: bool = _conf(True, _bool, "Fast inference (fewer sliding-window overlaps); false = paper settings.")
+    infer_fast: bool = _conf(True, _bool, "Fast inference (head crop, bf16, few windows); false = paper settings.")
 
     explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     """The keys that were given on the command line (they override persisted strategy settings)."""
