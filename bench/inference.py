@@ -388,6 +388,14 @@ def main() -> None:
         results["agreement"] = a
         results["agreement_voxels"] = float((fast_label == base_label).mean())
         print(f"fast vs baseline: {a}; identical voxels {results['agreement_voxels']:.5f}")
+        differ = fast_label != base_label
+        if differ.any():
+            results["where_they_differ"] = {
+                "voxels": int(differ.sum()),
+                "fast_matches_gt": float((fast_label[differ] == gt[differ]).mean()),
+                "baseline_matches_gt": float((base_label[differ] == gt[differ]).mean()),
+            }
+            print(f"where fast and baseline differ: {results['where_they_differ']}")
 
     if args.ablation or args.variants:
         variants = {
