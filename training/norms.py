@@ -18,12 +18,6 @@ import torch.nn.functional as F
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 
-def _instance_norm_bn(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
-    if x.shape[0] == 1:
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    return torch.cat([_instance_norm_bn(x[i : i + 1], weight, bias, eps) for i in range(x.shape[0])])
-
-
 class InstanceNormByBatchStats(torch.nn.Module):
     """Instance norm computed with the batch-norm kernels (per sample): identical maths, layout kept."""
 
@@ -34,15 +28,17 @@ class InstanceNormByBatchStats(torch.nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _instance_norm_bn(x, self.weight, self.bias, self.eps)
+        if x.shape[0] == 1:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return torch.cat([self.forward(x[i : i + 1]) for i in range(x.shape[0])])
 
 
-def _swap_norms(model: torch.nn.Module, make) -> None:
+def _swap_norms(model: torch.nn.Module) -> None:
     for name, child in model.named_children():
         if isinstance(child, _InstanceNorm) and not child.track_running_stats:
-            setattr(model, name, make(child))
+            setattr(model, name, InstanceNormByBatchStats(child))
         else:
-            _swap_norms(child, make)
+            _swap_norms(child)
 
 
 def with_fast_instance_norm(model: torch.nn.Module) -> torch.nn.Module:
@@ -51,5 +47,5 @@ def with_fast_instance_norm(model: torch.nn.Module) -> torch.nn.Module:
     Parameters keep their names, so ``state_dict`` of the copy loads into the original network.
     """
     model = copy.deepcopy(model)
-    _swap_norms(model, InstanceNormByBatchStats)
+    _swap_norms(model)
     return model

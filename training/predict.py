@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from training import labels as L
+from training.network import large_windows_safe
 from training.nifti import Volume, read_header, save_volume
 from training.norms import with_fast_instance_norm
 
@@ -100,25 +101,10 @@ def reference_settings(patch_size: Sequence[int]) -> InferenceSettings:
     )
 
 
-def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
-    """Measured defaults for speed at unchanged accuracy (see module docstring)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return InferenceSettings(
-            roi_size=None,
-            overlap=0.25,
-            blend="gaussian",
-            sw_batch_size=2,
-            precision="auto",
-            skip_empty=True,
-            channels_last=True,
-            max_window_voxels=256 * 320 * 256,
-            head_crop=True,
-            fast_norm=True,
-            large_windows=True,
-            roi_to_box=True,
-        )
-    return InferenceSettings(
+def fast_settings(device: torch.device | str = "cpu", network_cfg: Any | None = None) -> InferenceSettings:
+    """Measured defaults for speed at unchanged accuracy (see module docstring); the window mode is the
+    network preset's measured choice (``large_windows_safe``)."""
+    settings = InferenceSettings(
         roi_size=None,
         overlap=0.125,
         blend="gaussian",
@@ -128,9 +114,12 @@ def fast_settings(device: torch.device | str = "cpu") -> InferenceSettings:
         channels_last=True,
         head_crop=True,
         fast_norm=True,
-        large_windows=True,
+        large_windows=large_windows_safe(network_cfg),
         roi_to_box=True,
     )
+    if torch.device(device).type == "cuda":
+        return replace(settings, overlap=0.25, sw_batch_size=2, max_window_voxels=256 * 320 * 256)
+    return settings
 
 
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -278,7 +267,7 @@ class Predictor:
         patch = overrides.pop("patch_size", None) or getattr(network_cfg, "patch_size", None)
         self.patch_size = tuple(int(p) for p in patch) if patch is not None else None
         if fast:
-            settings = fast_settings(self.device)
+            settings = fast_settings(self.device, network_cfg)
         else:
             if patch is None and overrides.get("roi_size") is None:
                 raise PredictError("reference settings need the training patch size (network_cfg.patch_size)")
@@ -288,10 +277,6 @@ class Predictor:
             raise PredictError(f"unknown inference option(s): {', '.join(sorted(unknown))}")
         if overrides.get("roi_size") is not None:
             overrides["roi_size"] = tuple(int(v) for v in np.broadcast_to(overrides["roi_size"], (3,)))
-        if fast and "large_windows" not in overrides and "roi_size" not in overrides:
-            from training.network import large_windows_safe
-
-            settings = replace(settings, large_windows=large_windows_safe(network_cfg))
         settings = replace(settings, **overrides)
         if fast and not settings.large_windows and settings.roi_size is None and patch is not None:
             # Windows of the training patch size: instance norm then sees the context it was trained on.
