@@ -399,7 +399,8 @@ class Predictor:
         n_channels = int(x.shape[0])
         shape = tuple(int(v) for v in x.shape[1:])
         roi = self.window_size(shape)
-        self._check_roi(roi)
+        if any(r % d for r, d in zip(roi, self.divisor, strict=True)):
+            raise PredictError(f"roi_size {tuple(roi)} must be a multiple of the network's total stride {self.divisor}")
         self.last_stats.roi_size, self.last_stats.crop_shape = tuple(roi), shape
         self.last_stats.autocast = (
             str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
@@ -460,10 +461,6 @@ class Predictor:
             roi = tuple(max(r, _round_up(p, d)) for r, p, d in zip(roi, self.patch_size, self.divisor, strict=True))
         return roi
 
-    def _check_roi(self, roi: Sequence[int]) -> None:
-        if any(r % d for r, d in zip(roi, self.divisor, strict=True)):
-            raise PredictError(f"roi_size {tuple(roi)} must be a multiple of the network's total stride {self.divisor}")
-
     def _preprocess(self, images: Any):
         from training.preprocess import preprocess
 
@@ -496,13 +493,13 @@ class Predictor:
             box = head_box(img, pre.meta.spacing, s.head_margin_mm, background=self.background_value)
             if box is not None:
                 lo, hi = box
-                if s.roi_to_box:
-                    lo, hi = self._grow_to_window(lo, hi, full)
         t1 = time.perf_counter()
         self.last_stats.seconds_preprocess = t1 - t0
         grow = np.ceil(16.0 / np.maximum(np.asarray(pre.meta.spacing), 1e-6)).astype(int)  # 16 mm per retry
         attempts = 1 + max(int(s.head_retries), 0)
         for attempt in range(attempts):
+            if s.head_crop and s.roi_to_box:
+                lo, hi = self._grow_to_window(lo, hi, full)
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
             logits = self.logits_cropped(img[(slice(None), *sl)])
             if not s.head_crop or attempt == attempts - 1 or (lo == 0).all() and (hi == np.array(full)).all():
@@ -524,8 +521,6 @@ class Predictor:
                     new_hi[ax] = min(hi[ax] + grow[ax], full[ax])
             if (new_lo == lo).all() and (new_hi == hi).all():
                 break
-            if s.roi_to_box:
-                new_lo, new_hi = self._grow_to_window(new_lo, new_hi, full)
             self.last_stats.extra["head_box_retries"] = attempt + 1
             lo, hi = new_lo, new_hi
         self.last_stats.extra["head_box"] = [[int(a), int(b)] for a, b in zip(lo, hi, strict=True)]
