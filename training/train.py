@@ -217,18 +217,19 @@ def train(
     dense labels, and only the subjects it names are trained on. ``val_subjects`` need dense
     labels. ``init`` starts from a checkpoint's weights (fine-tuning); ``cfg.resume`` continues
     ``out_dir/last.pt`` (epoch, optimiser, scheduler). ``callback(epoch_record)`` returning True stops.
-    Torch's thread count and MONAI's meta tracking are restored afterwards (training also runs
+    Torch's thread count, MONAI's meta tracking and cuDNN's benchmark flag are restored afterwards (training also runs
     in-process inside the server).
     """
     import torch
     from monai.data.meta_obj import get_track_meta, set_track_meta
 
-    threads, track_meta = torch.get_num_threads(), get_track_meta()
+    threads, track_meta, cudnn_benchmark = torch.get_num_threads(), get_track_meta(), torch.backends.cudnn.benchmark
     try:
         return _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback)
     finally:
         torch.set_num_threads(threads)
         set_track_meta(track_meta)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback) -> TrainResult:
@@ -255,6 +256,8 @@ def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress,
         torch.set_num_threads(int(cfg.threads))
     set_track_meta(False)  # plain tensors through the transforms: faster, and nothing needs the meta
     device = _device(cfg)
+    if device.type == "cuda":  # fixed patch size: let cuDNN pick the fastest convolution once
+        torch.backends.cudnn.benchmark = True
     amp_on = cfg.amp if cfg.amp is not None else device.type == "cuda"
     amp_dtype = None
     if amp_on:
