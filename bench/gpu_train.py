@@ -80,13 +80,8 @@ def train_cmd(a: argparse.Namespace) -> None:
     base = dict(preset="paper", batch_size=a.batch, optimizer=a.optimizer, lr=a.lr, device=a.device,
                 num_workers=a.workers, tensorboard=False, seed=0)
     t0 = time.perf_counter()
-    calib = train(TrainConfig(epochs=1, iterations_per_epoch=a.calib_iterations, **base), subjects[:2],
-                  a.out / "calib", progress=False)
-    s_per_it = calib.history[-1]["s_per_iteration"]
-    result["calibration"] = {"s_per_iteration": s_per_it, "wall_s": time.perf_counter() - t0}
-    budget = a.minutes * 60 - 12 * a.epochs  # room for validation + checkpoints each epoch
-    per_epoch = max(10, int(budget / a.epochs / s_per_it))
-    print(f"calibration: {s_per_it:.3f} s/iteration → {a.epochs} epochs × {per_epoch} iterations", flush=True)
+    per_epoch = a.iterations_per_epoch or calibrate(a, base, subjects, result)
+    result["calibration_wall_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     res = train(TrainConfig(epochs=a.epochs, iterations_per_epoch=per_epoch, **base), subjects, a.out / "run",
@@ -100,6 +95,21 @@ def train_cmd(a: argparse.Namespace) -> None:
     result["total_s"] = time.perf_counter() - t_all
     (a.parts / "result.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "train"}, default=str))
+
+
+def calibrate(a: argparse.Namespace, base: dict, subjects: list, result: dict) -> int:
+    """Iterations per epoch that fit ``--minutes``, from a short run (overestimates: it includes warm-up)."""
+    from training.train import TrainConfig, train
+
+    calib = train(TrainConfig(epochs=1, iterations_per_epoch=a.calib_iterations, **base), subjects[:2],
+                  a.out / "calib", progress=False)
+    s_per_it = calib.history[-1]["s_per_iteration"]
+    result["calibration"] = {"s_per_iteration": s_per_it}
+    budget = a.minutes * 60 - 12 * a.epochs  # room for validation + checkpoints each epoch
+    per_epoch = max(10, int(budget / a.epochs / s_per_it))
+    print(f"calibration: {s_per_it:.3f} s/iteration → {a.epochs} epochs × {per_epoch} iterations", flush=True)
+
+    return per_epoch
 
 
 def cuda_inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float) -> dict:
@@ -143,15 +153,19 @@ def cuda_inference_check(ck, device: str, shape: tuple[int, int, int], spacing: 
 
 
 def _cast(state: dict, dtype) -> dict:
-    """Floating tensors to ``dtype``, keeping shared tensors shared: DynUNet lists its skip layers
-    under two names, and torch.save stores a shared tensor once (60 MiB in bf16 instead of 120)."""
+    """Floating tensors to ``dtype``, stored once per distinct value: DynUNet lists its skip layers
+    under two names, and a checkpoint written from a GPU model holds separate copies of them."""
+    import torch
+
     done: dict = {}
     out = {}
     for k, v in state.items():
-        key = (v.data_ptr(), v.shape, v.stride())
-        if key not in done:
-            done[key] = v.to(dtype) if v.is_floating_point() else v
-        out[k] = done[key]
+        key = (tuple(v.shape), v.dtype, float(v.double().sum()), float(v.double().abs().sum()))
+        hit = next((t for src, t in done.get(key, []) if torch.equal(src, v)), None)
+        if hit is None:
+            hit = v.to(dtype) if v.is_floating_point() else v
+            done.setdefault(key, []).append((v, hit))
+        out[k] = hit
     return out
 
 
@@ -199,6 +213,7 @@ def main() -> None:
     t.add_argument("--optimizer", default="adamw")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--calib-iterations", type=int, default=30)
+    t.add_argument("--iterations-per-epoch", type=int, help="skip the calibration")
     t.add_argument("--device", default="cuda", help="cuda; cpu only to try the script out")
     t.add_argument("--spacing", type=float, default=0.5, help="voxel size (mm); 2 only to try the script out")
     j = sub.add_parser("join")

@@ -75,9 +75,18 @@ def test_bad_inputs_are_refused_and_change_nothing(studies, synth_root, tmp_path
 
         # a scan without an open assignment: a full labelmap cannot be interpreted
         other = next(i for i in client.get("/datastore/?output=all").json()["objects"] if i != image_id)
-        r = _put(client, other, nifti("x.nii.gz", painted(oracle(synth_root, other), slices)))
-        assert r.status_code == 409 and "no open slice assignment" in r.json()["detail"]
-        assert snapshot(studies) == before
+        # — refused, but the painting is kept aside (never lose an annotator's work), nothing else changes
+        upload = nifti("x.nii.gz", painted(oracle(synth_root, other), slices))
+        r = _put(client, other, upload)
+        detail = r.json()["detail"]
+        assert r.status_code == 409 and "no open slice assignment" in detail
+        kept = studies / ".neolabel" / "refused" / other / "0001-final.nii.gz"
+        assert f".neolabel/refused/{other}/0001-final.nii.gz" in detail
+        assert kept.read_bytes() == upload.read_bytes()
+        why = json.loads(kept.with_name("0001-final.json").read_text())
+        assert why["status"] == 409 and why["image"] == other and "no open slice assignment" in why["reason"]
+        after = {k: v for k, v in snapshot(studies).items() if not k.startswith(".neolabel/refused/")}
+        assert after == before
 
         # and the good one is accepted after all that
         r = _put(client, image_id, nifti("ok.nii.gz", good))
@@ -299,3 +308,33 @@ def test_image_upload_never_overwrites_or_escapes(studies, tmp_path):
         r = client.put("/datastore/image?image=fresh", files={"file": ("new.nii.gz", img.read_bytes())},
                        data={"params": "{}"})
         assert r.status_code == 200 and "fresh" in client.get("/datastore/?output=all").json()["objects"]
+
+
+def test_painting_off_the_assigned_slices_is_refused_but_kept(studies, synth_root, tmp_path, monkeypatch):
+    """Refused for training, yet kept aside with the reason (bounded per scan); the datastore is unchanged."""
+    import neonatal_app.lib.datastore as ds
+
+    with inprocess_app(studies) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, s = a["id"], a["slices"][0]
+        ref = oracle(synth_root, image_id)
+        assigned = {i for x in a["slices"] if x["voxel_axis"] == s["voxel_axis"] for i in x["indices"]}
+        centre = ref.shape[s["voxel_axis"]] // 2
+        elsewhere = min((i for i in range(ref.shape[s["voxel_axis"]]) if i not in assigned),
+                        key=lambda i: abs(i - centre))
+        off = painted(ref, [dict(s, indices=[elsewhere])], stray=False)
+        assert off.any()
+        p = tmp_path / "off.nii.gz"
+        save_volume(p, off, ref.affine, np.uint8)
+        before = snapshot(studies)
+        monkeypatch.setattr(ds, "MAX_REFUSED_PER_IMAGE", 1)
+        first, second = _put(client, image_id, p), _put(client, image_id, p)
+        assert first.status_code == second.status_code == 400
+        assert "nothing was painted on the assigned slices" in first.json()["detail"]
+        assert "kept on the server" in first.json()["detail"]
+        assert "kept on the server" not in second.json()["detail"]  # the bound: one per scan here
+        kept = sorted((studies / ".neolabel" / "refused" / image_id).iterdir())
+        assert [k.name for k in kept] == ["0001-final.json", "0001-final.nii.gz"]
+        assert np.array_equal(load_volume(kept[1]).data, off)
+        after = {k: v for k, v in snapshot(studies).items() if not k.startswith(".neolabel/refused/")}
+        assert after == before

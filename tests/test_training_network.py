@@ -39,3 +39,39 @@ def test_tiny_network_outputs_and_unknown_preset():
         network_config("huge")
     with pytest.raises(NetworkConfigError):
         network_config("cpu", patch_size=(50, 48, 48))
+
+
+def _shared_names(model: torch.nn.Module) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for k, v in model.state_dict().items():
+        if v.numel():
+            groups.setdefault(v.data_ptr(), []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def test_checkpoint_state_stores_shared_weights_once():
+    """DynUNet lists its skip layers under two names; the checkpoint state must keep them one tensor."""
+    from training.checkpoint import cpu_state_dict
+
+    net = build_network(network_config("tiny"))
+    shared = _shared_names(net)
+    assert shared, "DynUNet is expected to register its skip layers under two names"
+    state = cpu_state_dict(net)
+    assert state.keys() == net.state_dict().keys()
+    for names in shared:
+        assert all(state[n] is state[names[0]] for n in names)
+    for k, v in net.state_dict().items():
+        assert torch.equal(state[k], v)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the duplicate copies came from .cpu() per name")
+def test_checkpoint_of_a_cuda_model_is_not_larger(tmp_path):
+    from training.checkpoint import save_checkpoint
+    from training.preprocess import PreprocessConfig
+
+    cfg = network_config("tiny")
+    net = build_network(cfg)
+    kw = dict(network=cfg, preprocess=PreprocessConfig(), train_config={}, epoch=0, metrics={})
+    cpu_file = save_checkpoint(tmp_path / "cpu.pt", net, **kw)
+    gpu_file = save_checkpoint(tmp_path / "gpu.pt", net.cuda(), **kw)
+    assert gpu_file.stat().st_size <= cpu_file.stat().st_size * 1.01

@@ -61,6 +61,22 @@ class Checkpoint:
     raw: dict = field(repr=False)
 
 
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state on the CPU, a tensor the model shares between names copied once.
+
+    DynUNet lists its skip layers under two names; ``v.cpu()`` per name would store a GPU model's
+    shared weights twice (a 240 MiB paper checkpoint instead of 120 MiB).
+    """
+    copies: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for k, v in model.state_dict().items():
+        key = (v.device, v.dtype, v.data_ptr(), tuple(v.shape), v.stride(), v.storage_offset())
+        if key not in copies:
+            copies[key] = v.detach().cpu()
+        state[k] = copies[key]
+    return state
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -77,7 +93,7 @@ def save_checkpoint(
     """Atomically write a checkpoint (weights + configs + class table + version [+ optimizer state])."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = cpu_state_dict(model)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": {"checkpoint": CHECKPOINT_VERSION, "labels": LABEL_VERSION, "package": _package_version(),

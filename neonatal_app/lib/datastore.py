@@ -4,7 +4,9 @@ MONAI Label's endpoint calls ``datastore.save_label(image, tmp_file, tag, params
 ``app.on_save_label(image, label_id)``; an exception in between becomes a 500. This subclass
 therefore checks the upload first (id and tag syntax, known image, readable NIfTI, shape, affine,
 values 0–9/255, a non-empty submission for an open assignment) and answers a refusal with an
-``HTTPException`` carrying a 4xx status and a message, having changed nothing on disk. Accepted
+``HTTPException`` carrying a 4xx status and a message, having changed nothing in the datastore (a
+well-formed upload with painted classes that cannot be taken, e.g. without an open assignment, is
+kept under ``.neolabel/refused/<image>/`` with the reason, so no annotator's work is lost). Accepted
 uploads are kept verbatim under ``.neolabel/submissions/<image>/`` (numbered, never overwritten),
 converted to a partial label (``lib/submission.py``) merged with the earlier rounds, and written
 atomically. The datastore JSON is also replaced atomically (MONAI Label rewrites it in place).
@@ -46,6 +48,7 @@ FINAL = "final"
 ORIGINAL = "original"
 BRAIN_MASK_TAG = "brain_mask"
 RESERVED_TAGS = (ORIGINAL, BRAIN_MASK_TAG)
+MAX_REFUSED_PER_IMAGE = 100
 
 
 def http_error(status: int, message: str) -> Exception:
@@ -87,6 +90,7 @@ class NeolabelDatastore(LocalDatastore):
             read_only=False,
         )
         self.submissions_dir = Path(studies) / STATE_DIR / "submissions"
+        self.refused_dir = Path(studies) / STATE_DIR / "refused"
 
     # -------------------------------------------------------------- atomic datastore JSON
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -139,16 +143,17 @@ class NeolabelDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         return image_id
 
-    def _keep_raw(self, image_id: str, src: str, tag: str) -> Path:
-        """Copy the upload verbatim to ``submissions/<image>/<nnnn>-<tag>.nii[.gz]``; never overwrites."""
-        folder = self.submissions_dir / image_id
+    def _keep_raw(self, image_id: str, src: str, tag: str, root: Path | None = None) -> Path:
+        """Copy the upload verbatim to ``<root>/<image>/<nnnn>-<tag>.nii[.gz]`` (root: ``submissions``);
+        never overwrites."""
+        folder = (root or self.submissions_dir) / image_id
         folder.mkdir(parents=True, exist_ok=True)
         ext = ".nii.gz" if src.endswith(".gz") else ".nii"
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
         os.close(fd)
         shutil.copyfile(src, tmp)
         try:
-            n = len([p for p in folder.iterdir() if not p.name.startswith(".")]) + 1
+            n = len([p for p in folder.iterdir() if not p.name.startswith(".") and ".nii" in p.name]) + 1
             while True:
                 dest = folder / f"{n:04d}-{tag}{ext}"
                 try:
@@ -158,6 +163,27 @@ class NeolabelDatastore(LocalDatastore):
                     n += 1
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def _keep_refused(self, image_id: str, src: str, tag: str, data: np.ndarray, original: np.ndarray | None,
+                      client_id: str, exc: SubmissionRejected) -> str | None:
+        """Keep a well-formed upload with painting of its own that was refused (no open assignment,
+        nothing on the assigned slices) under ``.neolabel/refused/<image>/``, with the reason beside it:
+        an annotator's work is never lost. Classes left as the server's ``original`` label are not
+        painting. At most ``MAX_REFUSED_PER_IMAGE`` per scan (disk bound)."""
+        own = (data != 0) & (data != IGNORE)
+        if original is not None and original.shape == data.shape:
+            own &= data != original
+        if not np.any(own):
+            return None  # nothing painted: nothing to lose
+        folder = self.refused_dir / image_id
+        if folder.is_dir() and len(list(folder.glob("*.json"))) >= MAX_REFUSED_PER_IMAGE:
+            log.warning("refused label for %r not kept: %d already kept", image_id, MAX_REFUSED_PER_IMAGE)
+            return None
+        dest = self._keep_raw(image_id, src, tag, root=self.refused_dir)
+        why = {"image": image_id, "tag": tag, "client_id": client_id, "refused_at": now_iso(),
+               "status": exc.status, "reason": str(exc)}
+        atomic_write_text(dest.with_name(dest.name.split(".nii")[0] + ".json"), json.dumps(why, indent=2))
+        return str(dest.relative_to(self.refused_dir.parent.parent))
 
     def pop_last_summary(self, image_id: str) -> dict[str, Any] | None:
         summary = getattr(self._local, "summaries", {}).pop(image_id, None)
@@ -217,7 +243,16 @@ class NeolabelDatastore(LocalDatastore):
             assignments = self._assignments_for(image_id, client_id)
             original = self.read_label(image_id, ORIGINAL)
             frame = original is not None and self.get_label_info(image_id, ORIGINAL).get("kind") == "frame"
-            result = convert_submission(data, assignments, previous, original, original_is_frame=frame)
+            try:
+                result = convert_submission(data, assignments, previous, original, original_is_frame=frame)
+            except SubmissionRejected as exc:
+                kept = self._keep_refused(image_id, label_filename, tag, data, original, client_id, exc)
+                if kept is None:
+                    raise
+                raise SubmissionRejected(
+                    f"{exc}. Your painting was kept on the server as {kept} (not used for training)",
+                    exc.status,
+                ) from None
             raw = self._keep_raw(image_id, label_filename, tag)
             summary = result.summary()
             summary["raw_submission"] = str(raw.relative_to(self.submissions_dir.parent.parent))
