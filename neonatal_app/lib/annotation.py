@@ -3,8 +3,8 @@
 Adapter only: the decisions are ``strategies.incremental.next_assignment`` / ``record_submission``
 over an ``AssignmentState`` that is persisted in ``<studies>/.neolabel/state.json``. This module
 gathers what they need (plan entries with each scan's brain slices, per-slice uncertainty scores
-from the served model), writes the ``original`` label that shows the assignment in Slicer, and
-formats the answers.
+from the served model, kept up to date in the background by ``ModelOutputs``), writes the
+``original`` label that shows the assignment in Slicer, and formats the answers.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from neonatal_app.lib.config import STRATEGY_KEYS, AppConfig, ConfError
+from neonatal_app.lib.model_outputs import ModelOutputs
 from neonatal_app.lib.state import STATE_DIR, StateStore, image_record
 from neonatal_app.lib.submission import ANONYMOUS, SubmissionRejected, SubmissionResult
 from strategies.assignment import SliceAssignment
 from strategies.budget import BudgetConfig
 from strategies.extents import ExtentCache, PlanEntry, entry_from_arrays
 from strategies.incremental import AssignmentState, new_state, next_assignment, record_submission
-from training.labels import BRAIN
 from training.nifti import load_volume, read_header
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,10 @@ class AnnotationService:
         self._predictor = predictor or (lambda: None)
         self._model_version = model_version or (lambda: None)
         self._extents = ExtentCache(self.studies / STATE_DIR / "cache" / "plan_extents.json")
-        self._fallback: dict[str, tuple[str, PlanEntry]] = {}
-        self._scores: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
+        self._head_entries: dict[str, PlanEntry] = {}  # Otsu extents of scans the model has not seen yet
+        # the lambdas: the app sets _predictor/_model_version/datastore after building this service
+        self.outputs = ModelOutputs(self.studies, lambda: self._predictor(), lambda: self._model_version(),
+                                    self._image_ids, lambda i: self.datastore.get_image_uri(i))
         self._lock = threading.Lock()
         self.last_reason: str | None = None
         self._init_settings()
@@ -184,9 +186,9 @@ class AnnotationService:
         return sorted(self.datastore.list_images())
 
     def entries(self) -> list[PlanEntry]:
-        """One entry per image with its brain slices: brain-mask label, else model prediction, else Otsu."""
+        """One entry per image with its brain slices: brain-mask label, else the newest model's label
+        (``ModelOutputs``: possibly an earlier model's while the served one is being applied), else Otsu."""
         out: list[PlanEntry] = []
-        version = self._model_version()
         for image_id in self._image_ids():
             image = Path(self.datastore.get_image_uri(image_id))
             mask_uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
@@ -196,66 +198,39 @@ class AnnotationService:
                     _, affine = read_header(image)
                     out.append(PlanEntry(image_id, shape, affine, slices))
                     continue
-                cached = self._fallback.get(image_id)
-                if cached is not None and cached[0] == str(version):
-                    out.append(cached[1])
+                model = self.outputs.latest(image_id)
+                if model is not None and model.entry.has_brain:
+                    out.append(model.entry)
                     continue
-                pred = self.prediction(image_id) if version is not None else None
-                if pred is not None:
-                    entry = entry_from_arrays(image_id, pred[1], label=pred[0])
-                else:
+                entry = self._head_entries.get(image_id)
+                if entry is None:
                     vol = load_volume(image)
-                    entry = entry_from_arrays(image_id, vol.affine, mask=head_mask(vol.data))
+                    entry = self._head_entries[image_id] = entry_from_arrays(image_id, vol.affine,
+                                                                             mask=head_mask(vol.data))
                 if entry.has_brain:
-                    self._fallback[image_id] = (str(version), entry)
                     out.append(entry)
             except (OSError, ValueError) as exc:
                 log.warning("cannot plan %s: %s", image_id, exc)
         self._extents.save()
         return out
 
-    # ------------------------------------------------------------------ model outputs (cached per model version)
-    def _pred_path(self, image_id: str) -> Path:
-        return self.studies / STATE_DIR / "cache" / "predictions" / f"{image_id}.nii.gz"
-
+    # ------------------------------------------------------------------ model outputs
     def prediction(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The served model's label for an image (cached on disk until the model changes)."""
-        version = self._model_version()
-        pred = self._predictor()
-        if pred is None or version is None:
-            return None
-        path = self._pred_path(image_id)
-        stamp = path.with_suffix(".version")
-        if path.is_file() and stamp.is_file() and stamp.read_text() == str(version):
-            v = load_volume(path)
-            return np.asarray(v.data, dtype=np.uint8), v.affine
-        from training.nifti import atomic_write_text, save_volume
-
-        label, affine = pred.predict([self.datastore.get_image_uri(image_id)])
-        save_volume(path, label, affine, dtype=np.uint8)
-        atomic_write_text(stamp, str(version))
-        return label, affine
+        """The served model's label for an image (computed now if the background worker has not yet)."""
+        out = self.outputs.current(image_id)
+        return None if out is None else (out.label, out.affine)
 
     def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
-        """Per-slice predictive entropy of every scan (``strategies.uncertainty.slice_scores``)."""
-        from strategies.uncertainty import slice_scores
-
-        version = self._model_version()
-        pred = self._predictor()
-        if pred is None or version is None:
+        """Per-slice predictive entropy (``strategies.uncertainty.slice_scores``) of the scans a model has
+        processed, the newest model's first; scans without are ranked last by the strategy."""
+        if self._model_version() is None or self._predictor() is None:
             return None
         out = {}
         for e in entries:
-            cached = self._scores.get(e.id)
-            if cached is not None and cached[0] == str(version):
-                out[e.id] = cached[1]
-                continue
-            probs, affine = pred.predict_probabilities([self.datastore.get_image_uri(e.id)])
-            brain = np.isin(np.argmax(probs, axis=0), np.asarray(BRAIN))
-            s = slice_scores(probs, affine, mask=brain)
-            self._scores[e.id] = (str(version), s)
-            out[e.id] = s
-        return out
+            model = self.outputs.latest(e.id)
+            if model is not None:
+                out[e.id] = model.scores
+        return out or None
 
     # ------------------------------------------------------------------ next sample
     def next_sample(self, strategy: str, selection: str | None, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,6 +242,7 @@ class AnnotationService:
         settings = self.update_settings(edits)
         client_id = str(request.get("client_id") or request.get("user") or ANONYMOUS)
         cfg = budget_config(settings, selection)
+        self.outputs.refresh(self.config.model_outputs_wait_seconds)
         entries = self.entries()
         scores = self.scores(entries) if cfg.selection == "uncertainty" else None
         if cfg.selection == "uncertainty" and not scores:

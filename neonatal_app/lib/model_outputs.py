@@ -1,0 +1,194 @@
+"""What the served model says about each scan, per model version, computed in the background.
+
+The strategies need, for every scan, the model's label (brain extent for planning; the
+pre-segmentation shown in Slicer) and per-slice predictive entropy (uncertainty selection). After a
+new model is published all of it is stale. Recomputing it inside a next-sample request would block
+the annotator for minutes on a real study set (dHCP-size scans, ~12 s each with the paper network
+on 2 CPU cores), so one worker thread computes the scans in the background (one prediction per
+scan serves label and scores), and a request waits at most ``wait_s`` for it. Until a scan is done
+for the current model, readers get its outputs from an earlier model (still a sensible ranking), or
+none (the strategy then uses the head mask and equidistant slices for it).
+
+Labels are cached on disk (``.neolabel/cache/predictions/<id>.nii.gz`` + ``.version``), scores in
+``.neolabel/cache/scores/<id>.npz`` with the version inside, so a restart recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neonatal_app.lib.state import STATE_DIR
+from strategies.extents import PlanEntry, entry_from_arrays
+from training.labels import BRAIN
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanOutputs:
+    """One scan's model outputs for one model version."""
+
+    version: str
+    label: np.ndarray
+    affine: np.ndarray
+    entry: PlanEntry
+    scores: dict[str, np.ndarray]
+
+
+class ModelOutputs:
+    """Per-scan model outputs, freshest first; a background worker brings them to the served model."""
+
+    def __init__(
+        self,
+        studies: str | Path,
+        predictor: Callable[[], Any],
+        model_version: Callable[[], str | None],
+        image_ids: Callable[[], list[str]],
+        image_uri: Callable[[str], str],
+    ) -> None:
+        self.cache = Path(studies) / STATE_DIR / "cache"
+        self._predictor = predictor
+        self._model_version = model_version
+        self._image_ids = image_ids
+        self._image_uri = image_uri
+        self._outputs: dict[str, ScanOutputs] = {}
+        self._failed: dict[str, str] = {}  # image id → version whose prediction failed (not retried)
+        self._lock = threading.Lock()  # the dicts above
+        self._compute_lock = threading.Lock()  # one prediction at a time (it uses every core)
+        self._worker: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ readers
+    def latest(self, image_id: str) -> ScanOutputs | None:
+        """The outputs of the newest model that processed this scan (memory, else disk), or None."""
+        with self._lock:
+            out = self._outputs.get(image_id)
+        if out is None:
+            out = self._load(image_id)
+            if out is not None:
+                with self._lock:
+                    self._outputs.setdefault(image_id, out)
+        return out
+
+    def current(self, image_id: str) -> ScanOutputs | None:
+        """This scan's outputs for the served model, computed now if the worker has not got to it yet."""
+        version = self._model_version()
+        if version is None or self._predictor() is None:
+            return None
+        out = self.latest(image_id)
+        if out is not None and out.version == str(version):
+            return out
+        return self._compute(image_id)
+
+    def refresh(self, wait_s: float) -> None:
+        """Start bringing every scan to the served model in the background; wait at most ``wait_s``."""
+        if self._model_version() is None or self._predictor() is None:
+            return
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._idle.clear()
+                self._worker = threading.Thread(target=self._run, name="neolabel-model-outputs", daemon=True)
+                self._worker.start()
+        if wait_s > 0:
+            self._idle.wait(timeout=wait_s)
+
+    def pending(self) -> list[str]:
+        """Scans not yet processed with the served model (failures excluded)."""
+        version = self._model_version()
+        if version is None:
+            return []
+        todo = []
+        for image_id in self._image_ids():
+            out = self.latest(image_id)
+            if (out is None or out.version != str(version)) and self._failed.get(image_id) != str(version):
+                todo.append(image_id)
+        return todo
+
+    # ------------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        try:
+            t0, done = time.perf_counter(), 0
+            while todo := self.pending():
+                if self._compute(todo[0]) is not None:
+                    done += 1
+            if done:
+                log.info("model outputs: %d scans brought to the served model in %.1f s", done,
+                         time.perf_counter() - t0)
+        except Exception:  # the worker must never take the server down; requests fall back meanwhile
+            log.exception("model outputs worker stopped")
+        finally:
+            self._idle.set()
+
+    def _compute(self, image_id: str) -> ScanOutputs | None:
+        from strategies.uncertainty import slice_scores
+
+        with self._compute_lock:
+            version, pred = self._model_version(), self._predictor()
+            if version is None or pred is None:
+                return None
+            out = self.latest(image_id)
+            if out is not None and out.version == str(version):
+                return out  # done by another thread while this one waited
+            try:
+                probs, affine = pred.predict_probabilities([self._image_uri(image_id)])
+                label = np.argmax(probs, axis=0).astype(np.uint8)
+                scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
+                del probs
+                entry = entry_from_arrays(image_id, affine, label=label)
+                out = ScanOutputs(str(version), label, np.asarray(affine), entry, scores)
+                self._save(image_id, out)
+            except Exception as exc:  # one unreadable scan must not stop the others
+                log.warning("model outputs for %s failed: %s", image_id, exc)
+                with self._lock:
+                    self._failed[image_id] = str(version)
+                return None
+            with self._lock:
+                self._outputs[image_id] = out
+            return out
+
+    # ------------------------------------------------------------------ disk cache
+    def _paths(self, image_id: str) -> tuple[Path, Path, Path]:
+        label = self.cache / "predictions" / f"{image_id}.nii.gz"
+        return label, label.with_suffix(".version"), self.cache / "scores" / f"{image_id}.npz"
+
+    def _save(self, image_id: str, out: ScanOutputs) -> None:
+        from training.nifti import atomic_write, atomic_write_text, save_volume
+
+        label, stamp, scores = self._paths(image_id)
+        save_volume(label, out.label, out.affine, dtype=np.uint8)
+        atomic_write_text(stamp, out.version)
+        scores.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(scores, lambda tmp: _save_npz(tmp, out.version, out.scores))
+
+    def _load(self, image_id: str) -> ScanOutputs | None:
+        from training.nifti import load_volume
+
+        label, stamp, scores = self._paths(image_id)
+        try:
+            if not (label.is_file() and stamp.is_file() and scores.is_file()):
+                return None
+            version = stamp.read_text()
+            with np.load(scores, allow_pickle=False) as z:
+                if str(z["version"]) != version:
+                    return None  # written by two different models: recompute
+                s = {k.removeprefix("axis_"): np.asarray(z[k]) for k in z.files if k.startswith("axis_")}
+            v = load_volume(label)
+            lab = np.asarray(v.data, dtype=np.uint8)
+            return ScanOutputs(version, lab, v.affine, entry_from_arrays(image_id, v.affine, label=lab), s)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring the cached model outputs of %s: %s", image_id, exc)
+            return None
+
+
+def _save_npz(path: str | Path, version: str, scores: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, version=np.asarray(version), **{f"axis_{k}": v for k, v in scores.items()})
