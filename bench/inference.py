@@ -406,6 +406,8 @@ def main() -> None:
             "fp32": {"precision": "fp32"},
             "no_head_crop": {"head_crop": False},
             "patch_windows_overlap0.5_gaussian": {"large_windows": False, "overlap": 0.5},
+            "patch_windows_overlap0": {"large_windows": False, "overlap": 0.0},
+            "two_windows": {"roi_size": (224, 160, 224)},
             "tta": {"tta": True},
         }
         if args.variants:
