@@ -4,11 +4,11 @@
 
 On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.synthetic.generate_subject``):
 
-1. weights: ``--ckpt`` (a neolabel checkpoint), or a brief training of the paper network (DynUNet,
-   6 levels, 32–320 filters; ``network_config("paper")``) on random 128³ crops of a few generated
-   0.5 mm subjects (AdamW, bf16 autocast), saved to ``--save-ckpt`` for later runs; ``--train-init``
-   continues an earlier one (the results in ``bench/results/inference`` used 211 + 241 iterations,
-   28 + 30 min on 2 cores);
+1. weights: ``--ckpt`` (a neolabel checkpoint, e.g. from ``bench/gpu_train.py``), or a brief
+   training of the paper network (DynUNet, 6 levels, 32–320 filters; ``network_config("paper")``)
+   on random 128³ crops of a few generated 0.5 mm subjects (AdamW, bf16 autocast), saved to
+   ``--save-ckpt`` for later runs; ``--train-init`` continues an earlier one (session 2's results
+   in ``bench/results/inference`` used 211 + 241 iterations, 28 + 30 min on 2 cores);
 2. times the baseline (roi = training patch 128³, overlap 0.5, constant blending, sw_batch 1, fp32,
    whole volume) and the fast predictor (``Predictor(fast=True)``) in the same process; with
    ``--baseline-windows K`` only K baseline windows are timed and the total is extrapolated, with

@@ -45,6 +45,7 @@ def test_bad_values_name_the_key(conf, text):
 def test_docs_table_lists_every_key_with_its_default():
     doc = (REPO / "docs" / "CONF.md").read_text()
     assert conf_table_markdown() in doc, "docs/CONF.md is out of date: regenerate it from conf_table_markdown()"
+    assert conf_table_markdown().strip() in (REPO / "README.md").read_text(), "README's --conf table is out of date"
     for key in AppConfig.conf_keys():
         assert f"| `{key}` |" in doc
 
