@@ -59,7 +59,7 @@ def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_th
     assert sorted(pred.calls) == [(s, "v1") for s in scans]  # one prediction serves label and scores
     for s in scans:
         out = outputs.latest(s)
-        assert out.version == "v1" and out.label.shape == SHAPE and out.entry.has_brain
+        assert out.version == "v1" and out.label()[0].shape == SHAPE and out.entry.has_brain
         assert set(out.scores) == {"sagittal", "coronal", "axial"}
     outputs.refresh(wait_s=30)
     assert len(pred.calls) == len(scans)  # nothing to redo for the same model
@@ -67,7 +67,7 @@ def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_th
     again = make(tmp_path, scans, pred, version)  # a server restart
     assert again.pending() == [] and len(pred.calls) == len(scans)
     for s in scans:
-        assert np.array_equal(again.latest(s).label, outputs.latest(s).label)
+        assert np.array_equal(again.latest(s).label()[0], outputs.latest(s).label()[0])
         for ax, v in outputs.latest(s).scores.items():
             assert np.array_equal(again.latest(s).scores[ax], v)
 
@@ -78,6 +78,7 @@ def test_a_new_model_never_blocks_readers_who_get_the_previous_outputs_meanwhile
     outputs = make(tmp_path, scans, pred, version)
     outputs.refresh(wait_s=30)
     old = {s: outputs.latest(s) for s in scans}
+    old_label = old[scans[0]].label()[0]
 
     version[0] = "v2"
     pred.gate.clear()  # the new model's predictions hang until released
@@ -90,7 +91,7 @@ def test_a_new_model_never_blocks_readers_who_get_the_previous_outputs_meanwhile
     outputs.refresh(wait_s=30)
     assert outputs.pending() == []
     assert all(outputs.latest(s).version == "v2" for s in scans)
-    assert not np.array_equal(outputs.latest(scans[0]).label, old[scans[0]].label)
+    assert not np.array_equal(outputs.latest(scans[0]).label()[0], old_label)
 
 
 def test_current_computes_one_scan_now_and_a_failing_scan_stops_nothing(tmp_path, scans):

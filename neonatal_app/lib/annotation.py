@@ -218,7 +218,7 @@ class AnnotationService:
     def prediction(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The served model's label for an image (computed now if the background worker has not yet)."""
         out = self.outputs.current(image_id)
-        return None if out is None else (out.label, out.affine)
+        return None if out is None else out.label()
 
     def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
         """Per-slice predictive entropy (``strategies.uncertainty.slice_scores``) of the scans a model has

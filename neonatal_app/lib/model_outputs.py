@@ -34,13 +34,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScanOutputs:
-    """One scan's model outputs for one model version."""
+    """One scan's model outputs for one model version (the label stays on disk: a dHCP-size label is
+    18 MB, and a study set has hundreds of scans)."""
 
     version: str
-    label: np.ndarray
-    affine: np.ndarray
+    label_path: Path
     entry: PlanEntry
     scores: dict[str, np.ndarray]
+
+    def label(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's label (uint8) and its affine."""
+        from training.nifti import load_volume
+
+        v = load_volume(self.label_path)
+        return np.asarray(v.data, dtype=np.uint8), v.affine
 
 
 class ModelOutputs:
@@ -144,8 +151,7 @@ class ModelOutputs:
                 scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
                 del probs
                 entry = entry_from_arrays(image_id, affine, label=label)
-                out = ScanOutputs(str(version), label, np.asarray(affine), entry, scores)
-                self._save(image_id, out)
+                out = self._save(image_id, str(version), label, np.asarray(affine), entry, scores)
             except Exception as exc:  # one unreadable scan must not stop the others
                 log.warning("model outputs for %s failed: %s", image_id, exc)
                 with self._lock:
@@ -160,14 +166,15 @@ class ModelOutputs:
         label = self.cache / "predictions" / f"{image_id}.nii.gz"
         return label, label.with_suffix(".version"), self.cache / "scores" / f"{image_id}.npz"
 
-    def _save(self, image_id: str, out: ScanOutputs) -> None:
+    def _save(self, image_id: str, version: str, label: np.ndarray, affine: np.ndarray, entry: PlanEntry,
+              scores: dict[str, np.ndarray]) -> ScanOutputs:
         from training.nifti import atomic_write, atomic_write_text, save_volume
 
-        label, stamp, scores = self._paths(image_id)
-        save_volume(label, out.label, out.affine, dtype=np.uint8)
-        atomic_write_text(stamp, out.version)
-        scores.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(scores, lambda tmp: _save_npz(tmp, out.version, out.scores))
+        label_path, stamp, scores_path = self._paths(image_id)
+        save_volume(label_path, label, affine, dtype=np.uint8)
+        atomic_write_text(stamp, version)
+        atomic_write(scores_path, lambda tmp: _save_npz(tmp, version, scores))
+        return ScanOutputs(version, label_path, entry, scores)
 
     def _load(self, image_id: str) -> ScanOutputs | None:
         from training.nifti import load_volume
@@ -182,8 +189,8 @@ class ModelOutputs:
                     return None  # written by two different models: recompute
                 s = {k.removeprefix("axis_"): np.asarray(z[k]) for k in z.files if k.startswith("axis_")}
             v = load_volume(label)
-            lab = np.asarray(v.data, dtype=np.uint8)
-            return ScanOutputs(version, lab, v.affine, entry_from_arrays(image_id, v.affine, label=lab), s)
+            entry = entry_from_arrays(image_id, v.affine, label=np.asarray(v.data, dtype=np.uint8))
+            return ScanOutputs(version, label, entry, s)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring the cached model outputs of %s: %s", image_id, exc)
             return None
