@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -182,6 +183,25 @@ def test_plan_roi_covers_with_stride_multiples(shape):
     # never more voxels than the paper's 128³ tiling at overlap 0.5
     paper = math.prod(_n_windows(s, 128, 0.5) for s in shape) * 128**3
     assert math.prod(n) * math.prod(roi) <= paper
+
+
+def test_plan_roi_floor_is_planned_not_applied_afterwards():
+    """With the training patch as floor, a memory cap that splits an axis gives the cheapest split ≥ patch."""
+    shape, div, floor = (217, 256, 224), (32, 32, 32), (128, 128, 128)
+    cap = 224 * 160 * 224
+    roi = plan_roi(shape, div, overlap=0.125, max_window_voxels=cap, min_window=floor)
+    assert all(r >= f for r, f in zip(roi, floor, strict=True)) and math.prod(roi) <= cap
+
+    def cost(r):
+        return math.prod(_n_windows(s, x, 0.125) for s, x in zip(shape, r, strict=True)) * math.prod(r)
+
+    floored_after = tuple(max(r, f) for r, f in zip(plan_roi(shape, div, overlap=0.125, max_window_voxels=cap),
+                                                    floor, strict=True))
+    assert cost(roi) <= cost(floored_after)
+    # exhaustive check over the multiples of 32 between the floor and the axis: nothing cheaper fits the cap
+    sides = [range(f, s + d, d) for s, f, d in zip(shape, floor, div, strict=True)]
+    best = min(cost(r) for r in itertools.product(*sides) if math.prod(r) <= cap)
+    assert cost(roi) == best
 
 
 def test_foreground_mask_background_value():

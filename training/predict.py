@@ -180,20 +180,23 @@ def plan_roi(
     overlap: float,
     max_window_voxels: int,
     max_windows_per_axis: int = 4,
+    min_window: Sequence[int] | None = None,
 ) -> tuple[int, int, int]:
     """Window size that minimises the voxels the network processes for a volume of ``shape``.
 
     The network's cost is proportional to the voxels it sees (measured: per-voxel time is flat or
     falls with window size), so the best plan covers the head crop with as few, as tight windows as
-    memory (``max_window_voxels``) allows; each side is a multiple of the stride product.
+    memory (``max_window_voxels``) allows; each side is a multiple of the stride product and at least
+    ``min_window`` (the training patch: a floor applied after planning would cost more windows).
     """
     best: tuple[float, int, tuple[int, int, int]] | None = None
     per_axis: list[list[tuple[int, int]]] = []
-    for size, d in zip(shape, divisor, strict=True):
+    floors = min_window if min_window is not None else (1,) * len(shape)
+    for size, d, lo in zip(shape, divisor, floors, strict=True):
         opts = {}
         for n in range(1, max_windows_per_axis + 1):
-            # smallest multiple of d with which n windows at this overlap cover the axis
-            r = _round_up(max(int(math.ceil(size / (1 + (n - 1) * (1 - overlap)))), d), d)
+            # smallest multiple of d (≥ the floor) with which n windows at this overlap cover the axis
+            r = _round_up(max(int(math.ceil(size / (1 + (n - 1) * (1 - overlap)))), d, int(lo)), d)
             while _n_windows(size, r, overlap) > n:
                 r += d
             opts[_n_windows(size, r, overlap)] = r
@@ -449,17 +452,17 @@ class Predictor:
         s = self.settings
         if s.roi_size is not None:
             return tuple(s.roi_size)
-        roi = plan_roi(
+        # never smaller than the training patch: the network sees (at least) its training context
+        floor = None if self.patch_size is None else tuple(
+            _round_up(p, d) for p, d in zip(self.patch_size, self.divisor, strict=True))
+        return plan_roi(
             shape,
             self.divisor,
             overlap=s.overlap,
             max_window_voxels=s.max_window_voxels,
             max_windows_per_axis=s.max_windows_per_axis,
+            min_window=floor,
         )
-        if self.patch_size is not None:
-            # never smaller than the training patch: the network sees (at least) its training context
-            roi = tuple(max(r, _round_up(p, d)) for r, p, d in zip(roi, self.patch_size, self.divisor, strict=True))
-        return roi
 
     def _preprocess(self, images: Any):
         from training.preprocess import preprocess
