@@ -83,12 +83,15 @@ def test_a_new_model_never_blocks_readers_who_get_the_previous_outputs_meanwhile
     version[0] = "v2"
     pred.gate.clear()  # the new model's predictions hang until released
     t = time.perf_counter()
-    outputs.refresh(wait_s=0.2)
-    assert time.perf_counter() - t < 2.0  # waited about wait_s, not for the predictions
+    outputs.refresh(wait_s=0.2)  # starts the worker, waits at most 0.2 s for it
+    assert time.perf_counter() - t < 5.0  # about wait_s, not the 10 s a prediction hangs
     assert all(outputs.latest(s) is old[s] for s in scans)  # the previous model's outputs meanwhile
     assert set(outputs.pending()) == set(scans)
+    t = time.perf_counter()
+    outputs.refresh(wait_s=5)  # the worker runs already: a later request does not wait at all
+    assert time.perf_counter() - t < 1.0
     pred.gate.set()
-    outputs.refresh(wait_s=30)
+    assert outputs.wait(30)
     assert outputs.pending() == []
     assert all(outputs.latest(s).version == "v2" for s in scans)
     assert not np.array_equal(outputs.latest(scans[0]).label()[0], old_label)
@@ -111,3 +114,29 @@ def test_no_model_no_outputs_and_no_worker(tmp_path, scans):
     outputs = ModelOutputs(tmp_path, lambda: None, lambda: version[0], lambda: list(scans), lambda i: i)
     outputs.refresh(wait_s=1)
     assert outputs.current(scans[0]) is None and outputs.latest(scans[0]) is None and outputs.pending() == []
+
+
+def test_a_model_that_goes_away_stops_the_worker(tmp_path, scans):
+    """No busy loop: a version without a predictor (a model file being replaced) leaves nothing to do."""
+    version = ["v1"]
+    holder: list = [None]
+    outputs = ModelOutputs(tmp_path, lambda: holder[0], lambda: version[0], lambda: list(scans), lambda i: i)
+    assert outputs.pending() == []
+    pred = holder[0] = FakePredictor(version, delay=0.2)
+    outputs.refresh(wait_s=0)
+    deadline = time.monotonic() + 10
+    while not pred.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder[0] = None  # the model disappears while the worker runs (its first prediction is under way)
+    assert outputs.wait(10)
+    assert len([s for s in scans if outputs.latest(s) is not None]) == 1 and len(pred.calls) == 1
+
+
+def test_an_unreadable_cached_label_is_recomputed(tmp_path, scans):
+    version = ["v1"]
+    pred = FakePredictor(version)
+    outputs = make(tmp_path, scans, pred, version)
+    label, _ = outputs.current_label(scans[0])
+    outputs.latest(scans[0]).label_path.write_bytes(b"not a nifti")
+    again, _ = outputs.current_label(scans[0])
+    assert np.array_equal(again, label) and len(pred.calls) == 2

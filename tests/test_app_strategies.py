@@ -120,6 +120,10 @@ def test_model_appears_when_published_and_drives_infer_and_uncertainty(studies, 
         # with a model the uncertainty strategy ranks by entropy and the original label is the pre-segmentation
         u = client.post("/activelearning/uncertainty", json={"client_id": "ulla"}).json()
         assert u["original_label"] == "pre-segmentation"
+        service = _app.service
+        assert service.outputs.wait(60) and service.outputs.pending() == []  # scored in the background
+        scored = service.scores(service.entries())
+        assert scored is not None and set(scored) == {e.id for e in service.entries()}
         orig = load_volume(studies / "labels" / "original" / f"{u['id']}.nii.gz").data
         assert not orig[~assigned_mask(orig.shape, u["slices"])].any()
 

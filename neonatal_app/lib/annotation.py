@@ -215,10 +215,20 @@ class AnnotationService:
         return out
 
     # ------------------------------------------------------------------ model outputs
+    def _all_have_brain_masks(self) -> bool:
+        """Then planning needs no model label (the background work is needed for uncertainty only)."""
+        for image_id in self._image_ids():
+            uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
+            if not (uri and Path(uri).is_file()):
+                return False
+        return True
+
     def prediction(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The served model's label for an image (computed now if the background worker has not yet)."""
-        out = self.outputs.current(image_id)
-        return None if out is None else out.label()
+        label = self.outputs.current_label(image_id)
+        if label is None and self._model_version() is not None and self._predictor() is not None:
+            log.warning("%s: the served model's prediction failed; the original label shows a frame", image_id)
+        return label
 
     def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
         """Per-slice predictive entropy (``strategies.uncertainty.slice_scores``) of the scans a model has
@@ -242,7 +252,8 @@ class AnnotationService:
         settings = self.update_settings(edits)
         client_id = str(request.get("client_id") or request.get("user") or ANONYMOUS)
         cfg = budget_config(settings, selection)
-        self.outputs.refresh(self.config.model_outputs_wait_seconds)
+        if cfg.selection == "uncertainty" or not self._all_have_brain_masks():
+            self.outputs.refresh(self.config.model_outputs_wait_seconds)
         entries = self.entries()
         scores = self.scores(entries) if cfg.selection == "uncertainty" else None
         if cfg.selection == "uncertainty" and not scores:

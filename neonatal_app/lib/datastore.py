@@ -176,13 +176,17 @@ class NeolabelDatastore(LocalDatastore):
         if not np.any(own):
             return None  # nothing painted: nothing to lose
         folder = self.refused_dir / image_id
-        if folder.is_dir() and len(list(folder.glob("*.json"))) >= MAX_REFUSED_PER_IMAGE:
+        if folder.is_dir() and len([p for p in folder.iterdir() if ".nii" in p.name]) >= MAX_REFUSED_PER_IMAGE:
             log.warning("refused label for %r not kept: %d already kept", image_id, MAX_REFUSED_PER_IMAGE)
             return None
-        dest = self._keep_raw(image_id, src, tag, root=self.refused_dir)
-        why = {"image": image_id, "tag": tag, "client_id": client_id, "refused_at": now_iso(),
-               "status": exc.status, "reason": str(exc)}
-        atomic_write_text(dest.with_name(dest.name.split(".nii")[0] + ".json"), json.dumps(why, indent=2))
+        try:
+            dest = self._keep_raw(image_id, src, tag, root=self.refused_dir)
+            why = {"image": image_id, "tag": tag, "client_id": client_id, "refused_at": now_iso(),
+                   "status": exc.status, "reason": str(exc)}
+            atomic_write_text(dest.with_name(dest.name.split(".nii")[0] + ".json"), json.dumps(why, indent=2))
+        except OSError as err:  # e.g. a full disk: the refusal stays a refusal, not a 500
+            log.error("refused label for %r could not be kept: %s", image_id, err)
+            return None
         return str(dest.relative_to(self.refused_dir.parent.parent))
 
     def pop_last_summary(self, image_id: str) -> dict[str, Any] | None:

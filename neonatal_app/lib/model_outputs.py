@@ -71,6 +71,7 @@ class ModelOutputs:
         self._lock = threading.Lock()  # the dicts above
         self._compute_lock = threading.Lock()  # one prediction at a time (it uses every core)
         self._worker: threading.Thread | None = None
+        self._again = False  # a refresh arrived while the worker ran: it re-checks before it exits
         self._idle = threading.Event()
         self._idle.set()
 
@@ -96,22 +97,47 @@ class ModelOutputs:
             return out
         return self._compute(image_id)
 
+    def current_label(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The served model's label of a scan (uint8, affine); recomputed if its cache file is unreadable."""
+        from training.nifti import NiftiError
+
+        for _ in range(2):
+            out = self.current(image_id)
+            if out is None:
+                return None
+            try:
+                return out.label()
+            except (OSError, NiftiError) as exc:
+                log.warning("cached model label of %s unreadable (%s): recomputing", image_id, exc)
+                with self._lock:
+                    self._outputs.pop(image_id, None)
+                out.label_path.with_suffix(".version").unlink(missing_ok=True)
+        return None
+
     def refresh(self, wait_s: float) -> None:
-        """Start bringing every scan to the served model in the background; wait at most ``wait_s``."""
+        """Bring every scan to the served model in the background. The call that starts the worker waits
+        at most ``wait_s`` for it (the first request after a publish); calls while it runs do not wait."""
         if self._model_version() is None or self._predictor() is None:
             return
         with self._lock:
-            if self._worker is None or not self._worker.is_alive():
+            started = self._worker is None
+            if started:
                 self._idle.clear()
                 self._worker = threading.Thread(target=self._run, name="neolabel-model-outputs", daemon=True)
                 self._worker.start()
-        if wait_s > 0:
+            else:
+                self._again = True
+        if started and wait_s > 0:
             self._idle.wait(timeout=wait_s)
+
+    def wait(self, timeout: float) -> bool:
+        """Until the worker has nothing left to do (True) or ``timeout`` seconds passed (False)."""
+        return self._idle.wait(timeout=timeout)
 
     def pending(self) -> list[str]:
         """Scans not yet processed with the served model (failures excluded)."""
         version = self._model_version()
-        if version is None:
+        if version is None or self._predictor() is None:
             return []
         todo = []
         for image_id in self._image_ids():
@@ -122,18 +148,29 @@ class ModelOutputs:
 
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
+        t0, done = time.perf_counter(), 0
         try:
-            t0, done = time.perf_counter(), 0
-            while todo := self.pending():
-                if self._compute(todo[0]) is not None:
-                    done += 1
-            if done:
-                log.info("model outputs: %d scans brought to the served model in %.1f s", done,
-                         time.perf_counter() - t0)
+            while True:
+                todo = self.pending()
+                if todo:
+                    if self._compute(todo[0]) is not None:
+                        done += 1
+                    elif todo[0] not in self._failed:
+                        break  # the model went away meanwhile: nothing to compute with
+                    continue
+                with self._lock:  # exit only if no refresh came in since the last check
+                    if not self._again:
+                        self._worker = None
+                        break
+                    self._again = False
         except Exception:  # the worker must never take the server down; requests fall back meanwhile
             log.exception("model outputs worker stopped")
         finally:
-            self._idle.set()
+            with self._lock:
+                self._worker = None
+                self._idle.set()
+        if done:
+            log.info("model outputs: %d scans brought to the served model in %.1f s", done, time.perf_counter() - t0)
 
     def _compute(self, image_id: str) -> ScanOutputs | None:
         from strategies.uncertainty import slice_scores
@@ -147,6 +184,7 @@ class ModelOutputs:
                 return out  # done by another thread while this one waited
             try:
                 probs, affine = pred.predict_probabilities([self._image_uri(image_id)])
+                # argmax of the probabilities: /infer's argmax of the logits up to float ties
                 label = np.argmax(probs, axis=0).astype(np.uint8)
                 scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
                 del probs
@@ -171,9 +209,10 @@ class ModelOutputs:
         from training.nifti import atomic_write, atomic_write_text, save_volume
 
         label_path, stamp, scores_path = self._paths(image_id)
+        # the stamp last: a crash before it leaves the old stamp, which no longer matches the scores' version
         save_volume(label_path, label, affine, dtype=np.uint8)
-        atomic_write_text(stamp, version)
         atomic_write(scores_path, lambda tmp: _save_npz(tmp, version, scores))
+        atomic_write_text(stamp, version)
         return ScanOutputs(version, label_path, entry, scores)
 
     def _load(self, image_id: str) -> ScanOutputs | None:
