@@ -132,8 +132,8 @@ class AppConfig:
         10.0,
         _float(0.0, 3600.0),
         "After a new model is published, the scans' brain extents and uncertainty scores are recomputed in "
-        "the background; a next-sample request waits at most this long for them, then uses the previous "
-        "model's (or the head mask, no scores) for scans not yet done.",
+        "the background; the first next-sample request waits at most this long for them, and requests use the "
+        "previous model's (or the head mask, no scores) for scans not yet done.",
     )
     # --- annotation budget strategy (persisted with the study set, editable in Slicer's options table)
     budget_total_slices: int = _conf(200, _int(1), "Total 2D slices the annotators are asked to label.")
