@@ -61,6 +61,7 @@ class NeonatalApp(MONAILabelApp):
         self.service._model_version = infer.version
         self.service.datastore = self._datastore
         trainer = self._trainers.get(MODEL_NAME)
+        self.service.outputs.busy = lambda: self._training_running(trainer)
         self.triggers = RetrainTriggers(
             start_training=self._start_training,
             is_training=lambda: self._training_running(trainer),

@@ -140,3 +140,15 @@ def test_an_unreadable_cached_label_is_recomputed(tmp_path, scans):
     outputs.latest(scans[0]).label_path.write_bytes(b"not a nifti")
     again, _ = outputs.current_label(scans[0])
     assert np.array_equal(again, label) and len(pred.calls) == 2
+
+
+def test_the_worker_pauses_while_a_retraining_runs(tmp_path, scans):
+    version, training = ["v1"], [True]
+    pred = FakePredictor(version)
+    outputs = ModelOutputs(tmp_path, lambda: pred, lambda: version[0], lambda: list(scans), lambda i: i,
+                           busy=lambda: training[0], busy_poll_s=0.02)
+    outputs.refresh(wait_s=0.3)
+    assert pred.calls == [] and set(outputs.pending()) == set(scans)
+    assert outputs.current(scans[2]).version == "v1"  # the assigned scan's label is still computed on demand
+    training[0] = False
+    assert outputs.wait(30) and outputs.pending() == [] and len(pred.calls) == len(scans)

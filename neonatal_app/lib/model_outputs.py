@@ -7,7 +7,8 @@ the annotator for minutes on a real study set (dHCP-size scans, ~12 s each with 
 on 2 CPU cores), so one worker thread computes the scans in the background (one prediction per
 scan serves label and scores), and a request waits at most ``wait_s`` for it. Until a scan is done
 for the current model, readers get its outputs from an earlier model (still a sensible ranking), or
-none (the strategy then uses the head mask and equidistant slices for it).
+none (the strategy then uses the head mask and equidistant slices for it). The worker pauses while a
+retraining runs (``busy``); the assigned scan's own label is still computed on demand.
 
 Labels are cached on disk (``.neolabel/cache/predictions/<id>.nii.gz`` + ``.version``), scores in
 ``.neolabel/cache/scores/<id>.npz`` with the version inside, so a restart recomputes nothing.
@@ -60,8 +61,13 @@ class ModelOutputs:
         model_version: Callable[[], str | None],
         image_ids: Callable[[], list[str]],
         image_uri: Callable[[str], str],
+        busy: Callable[[], bool] | None = None,
+        busy_poll_s: float = 5.0,
     ) -> None:
         self.cache = Path(studies) / STATE_DIR / "cache"
+        # while busy() (a retraining runs) the worker waits: it would compete for the cores / GPU memory
+        self.busy = busy or (lambda: False)
+        self.busy_poll_s = busy_poll_s
         self._predictor = predictor
         self._model_version = model_version
         self._image_ids = image_ids
@@ -152,6 +158,9 @@ class ModelOutputs:
         try:
             while True:
                 todo = self.pending()
+                if todo and self.busy():
+                    time.sleep(self.busy_poll_s)
+                    continue
                 if todo:
                     if self._compute(todo[0]) is not None:
                         done += 1
