@@ -90,7 +90,7 @@ def train_cmd(a: argparse.Namespace) -> None:
     result["train"] = {"wall_s": time.perf_counter() - t0, "iterations": a.epochs * per_epoch,
                        "best_val_tissue_dice": res.best_metric, "history": res.history}
 
-    result["inference"] = cuda_inference_check(load_checkpoint(res.best_path), a.device, shape, a.spacing)
+    result["inference"] = inference_check(load_checkpoint(res.best_path), a.device, shape, a.spacing)
     write_parts(res.best_path, a.parts)
     result["total_s"] = time.perf_counter() - t_all
     (a.parts / "result.json").write_text(json.dumps(result, indent=1, default=str))
@@ -112,7 +112,7 @@ def calibrate(a: argparse.Namespace, base: dict, subjects: list, result: dict) -
     return per_epoch
 
 
-def cuda_inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float) -> dict:
+def inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float) -> dict:
     """The predictor (fast and paper settings) on the inference bench's volume: seconds, Dice."""
     import torch
 

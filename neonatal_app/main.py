@@ -61,10 +61,14 @@ class NeonatalApp(MONAILabelApp):
         self.service._model_version = infer.version
         self.service.datastore = self._datastore
         trainer = self._trainers.get(MODEL_NAME)
-        self.service.outputs.busy = lambda: self._training_running(trainer)
+
+        def is_training() -> bool:
+            return self._training_running(trainer)
+
+        self.service.outputs.busy = is_training  # background scoring waits for a retraining to end
         self.triggers = RetrainTriggers(
             start_training=self._start_training,
-            is_training=lambda: self._training_running(trainer),
+            is_training=is_training,
             every_labels=self.app_config.retrain_every_labels,
             interval_minutes=self.app_config.retrain_interval_minutes,
             labels_since_train=lambda: int(self.state.read().get("labels_since_train", 0)),

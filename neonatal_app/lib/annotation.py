@@ -191,9 +191,9 @@ class AnnotationService:
         out: list[PlanEntry] = []
         for image_id in self._image_ids():
             image = Path(self.datastore.get_image_uri(image_id))
-            mask_uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
+            mask_uri = self._brain_mask(image_id)
             try:
-                if mask_uri and Path(mask_uri).is_file():
+                if mask_uri is not None:
                     shape, slices, _ = self._extents.brain_slices(mask_uri, "mask")
                     _, affine = read_header(image)
                     out.append(PlanEntry(image_id, shape, affine, slices))
@@ -215,25 +215,26 @@ class AnnotationService:
         return out
 
     # ------------------------------------------------------------------ model outputs
+    def _brain_mask(self, image_id: str) -> str | None:
+        """The scan's ``brain_mask`` label file, if it has one."""
+        uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
+        return uri if uri and Path(uri).is_file() else None
+
     def _all_have_brain_masks(self) -> bool:
         """Then planning needs no model label (the background work is needed for uncertainty only)."""
-        for image_id in self._image_ids():
-            uri = self.datastore.get_label_uri(image_id, BRAIN_MASK_TAG)
-            if not (uri and Path(uri).is_file()):
-                return False
-        return True
+        return all(self._brain_mask(image_id) is not None for image_id in self._image_ids())
 
     def prediction(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The served model's label for an image (computed now if the background worker has not yet)."""
         label = self.outputs.current_label(image_id)
-        if label is None and self._model_version() is not None and self._predictor() is not None:
+        if label is None and self.outputs.has_model():
             log.warning("%s: the served model's prediction failed; the original label shows a frame", image_id)
         return label
 
     def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
         """Per-slice predictive entropy (``strategies.uncertainty.slice_scores``) of the scans a model has
         processed, the newest model's first; scans without are ranked last by the strategy."""
-        if self._model_version() is None or self._predictor() is None:
+        if not self.outputs.has_model():
             return None
         out = {}
         for e in entries:

@@ -51,6 +51,11 @@ RESERVED_TAGS = (ORIGINAL, BRAIN_MASK_TAG)
 MAX_REFUSED_PER_IMAGE = 100
 
 
+def _count_uploads(folder: Path) -> int:
+    """Kept uploads in a folder (``<nnnn>-<tag>.nii[.gz]``; temporary files and reason JSONs excluded)."""
+    return len([p for p in folder.iterdir() if not p.name.startswith(".") and ".nii" in p.name])
+
+
 def http_error(status: int, message: str) -> Exception:
     """FastAPI's HTTPException (imported lazily so this module stays importable without a server)."""
     from fastapi import HTTPException
@@ -153,7 +158,7 @@ class NeolabelDatastore(LocalDatastore):
         os.close(fd)
         shutil.copyfile(src, tmp)
         try:
-            n = len([p for p in folder.iterdir() if not p.name.startswith(".") and ".nii" in p.name]) + 1
+            n = _count_uploads(folder) + 1
             while True:
                 dest = folder / f"{n:04d}-{tag}{ext}"
                 try:
@@ -176,7 +181,7 @@ class NeolabelDatastore(LocalDatastore):
         if not np.any(own):
             return None  # nothing painted: nothing to lose
         folder = self.refused_dir / image_id
-        if folder.is_dir() and len([p for p in folder.iterdir() if ".nii" in p.name]) >= MAX_REFUSED_PER_IMAGE:
+        if folder.is_dir() and _count_uploads(folder) >= MAX_REFUSED_PER_IMAGE:
             log.warning("refused label for %r not kept: %d already kept", image_id, MAX_REFUSED_PER_IMAGE)
             return None
         try:

@@ -82,6 +82,10 @@ class ModelOutputs:
         self._idle.set()
 
     # ------------------------------------------------------------------ readers
+    def has_model(self) -> bool:
+        """Whether a model is served (a version and a predictor): without one there is nothing to compute."""
+        return self._model_version() is not None and self._predictor() is not None
+
     def latest(self, image_id: str) -> ScanOutputs | None:
         """The outputs of the newest model that processed this scan (memory, else disk), or None."""
         with self._lock:
@@ -95,11 +99,10 @@ class ModelOutputs:
 
     def current(self, image_id: str) -> ScanOutputs | None:
         """This scan's outputs for the served model, computed now if the worker has not got to it yet."""
-        version = self._model_version()
-        if version is None or self._predictor() is None:
+        if not self.has_model():
             return None
         out = self.latest(image_id)
-        if out is not None and out.version == str(version):
+        if out is not None and out.version == str(self._model_version()):
             return out
         return self._compute(image_id)
 
@@ -117,13 +120,13 @@ class ModelOutputs:
                 log.warning("cached model label of %s unreadable (%s): recomputing", image_id, exc)
                 with self._lock:
                     self._outputs.pop(image_id, None)
-                out.label_path.with_suffix(".version").unlink(missing_ok=True)
+                self._paths(image_id)[1].unlink(missing_ok=True)  # the stamp: the cache no longer counts
         return None
 
     def refresh(self, wait_s: float) -> None:
         """Bring every scan to the served model in the background. The call that starts the worker waits
         at most ``wait_s`` for it (the first request after a publish); calls while it runs do not wait."""
-        if self._model_version() is None or self._predictor() is None:
+        if not self.has_model():
             return
         with self._lock:
             started = self._worker is None
@@ -142,9 +145,9 @@ class ModelOutputs:
 
     def pending(self) -> list[str]:
         """Scans not yet processed with the served model (failures excluded)."""
-        version = self._model_version()
-        if version is None or self._predictor() is None:
+        if not self.has_model():
             return []
+        version = self._model_version()
         todo = []
         for image_id in self._image_ids():
             out = self.latest(image_id)
