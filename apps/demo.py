@@ -10,7 +10,7 @@ Layout under ``<workdir>/demo/``:
   the app's ``validation_dir`` (a retrained model worse on it is not published).
 * ``demo.json`` — written last; when present the demo is reused as it is (idempotent).
 
-Nothing is downloaded. The bootstrap trains ``training.train.train`` for a few minutes on CPU.
+Nothing is downloaded. The bootstrap trains ``training.fit.train.train`` for a few minutes on CPU.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def prepare_demo(
     spacing: float | None = None,
 ) -> Demo:
     """Generate the demo study set once (reused when ``demo.json`` exists)."""
-    from training.nifti import atomic_write_text
-    from training.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING, write_study_set
+    from training.data.nifti import atomic_write_text
+    from training.data.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING, write_study_set
 
     d = demo_paths(workdir)
     if d.marker.is_file():
@@ -89,10 +89,10 @@ def bootstrap_model(
     longer rather than serving a useless model); seeded, so the same machine gives the same model.
     """
     from neonatal_app.lib.trainers.segmentation import publish
-    from training import labels as L
-    from training.data import open_dataset
+    from training.data import labels as L
+    from training.data.dataset import open_dataset
     from training.evaluate import evaluate_checkpoint
-    from training.train import TrainConfig, train
+    from training.fit.train import TrainConfig, train
 
     train_subjects = open_dataset(demo.train).with_labels()
     val_subjects = open_dataset(demo.validation).with_labels()

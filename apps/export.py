@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Subject
-from training.labels import CLASSES, IGNORE, NUM_CLASSES, validate_label
-from training.nifti import atomic_write_text, load_volume, read_header, save_volume
+from training.data.dataset import Subject
+from training.data.labels import CLASSES, IGNORE, NUM_CLASSES, validate_label
+from training.data.nifti import atomic_write_text, load_volume, read_header, save_volume
 
 NNUNET_IGNORE = NUM_CLASSES
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from strategies.assignment import SliceAssignment
-from strategies.masks import partial_label
-from training.data import Dataset, Subject
-from training.labels import validate_label
-from training.nifti import load_volume, read_header
+from strategies.annotate.masks import partial_label
+from strategies.plan.assignment import SliceAssignment
+from training.data.dataset import Dataset, Subject
+from training.data.labels import validate_label
+from training.data.nifti import load_volume, read_header
 
 
 class PlanError(ValueError):

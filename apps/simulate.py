@@ -170,8 +170,8 @@ def run_simulation(
     log: Callable[[str], None] | None = None,
 ) -> SimulationSummary:
     """Run (or resume) a simulation into ``cfg.out``; the three functions default to real training."""
-    from strategies.extents import ExtentCache, entries_from_dataset
-    from training.data import open_dataset
+    from strategies.plan.extents import ExtentCache, entries_from_dataset
+    from training.data.dataset import open_dataset
 
     t_start = time.perf_counter()
     cfg.check()

@@ -36,7 +36,7 @@ def _ext(p: Path) -> str:
 
 def servable_studies(path: str | Path) -> Path:
     """The folder to hand MONAI Label for ``path`` (a dHCP tree gets a view, see module doc)."""
-    from training.data import DatasetError, open_dataset
+    from training.data.dataset import DatasetError, open_dataset
 
     root = Path(path).expanduser().resolve()
     if not root.exists():

@@ -26,10 +26,10 @@ if str(ROOT) not in sys.path:
 def main() -> None:
     import torch
 
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
+    from training.data.nifti import load_volume
     from training.evaluate import dice_per_class, tissue_mean
-    from training.nifti import load_volume
-    from training.predict import Predictor
+    from training.infer.predict import Predictor
 
     torch.set_num_threads(2)
     ckpt, data = sys.argv[1], sys.argv[2]

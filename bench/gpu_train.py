@@ -5,7 +5,7 @@
 
 ``train`` (on the GPU machine) generates dHCP-size subjects (217×290×290 at 0.5 mm, in parallel),
 calibrates seconds per iteration with a short run, then trains the ``paper`` preset with
-``training.train.train`` on CUDA (the product's GPU path: DataLoader workers, bf16 autocast,
+``training.fit.train.train`` on CUDA (the product's GPU path: DataLoader workers, bf16 autocast,
 validation, checkpoints) for as many iterations as fit ``--minutes``, so the poly schedule ends
 where the time does. It then times the CUDA predictor (fast and paper settings) on the inference
 bench's volume and writes ``best.pt`` as bf16 parts of ≤ 15 MiB (the device tool returns at most
@@ -35,8 +35,8 @@ PART_BYTES = 15 * 2**20
 
 
 def _write_subject(args: tuple[Path, str, float, int, tuple[int, int, int], float]) -> str:
-    from training.nifti import save_volume
-    from training.synthetic import generate_subject
+    from training.data.nifti import save_volume
+    from training.data.synthetic import generate_subject
 
     root, sid, age, seed, shape, spacing = args
     s = generate_subject(age, seed=seed, shape=shape, spacing=spacing)
@@ -62,9 +62,9 @@ def make_dataset(root: Path, n_train: int, workers: int, shape: tuple[int, int, 
 def train_cmd(a: argparse.Namespace) -> None:
     import torch
 
-    from training.checkpoint import load_checkpoint
-    from training.data import index_folder
-    from training.train import TrainConfig, train
+    from training.data.dataset import index_folder
+    from training.fit.train import TrainConfig, train
+    from training.model.checkpoint import load_checkpoint
 
     t_all = time.perf_counter()
     shape = tuple(int(round(n * 0.5 / a.spacing)) for n in SHAPE)  # dHCP field of view
@@ -99,7 +99,7 @@ def train_cmd(a: argparse.Namespace) -> None:
 
 def calibrate(a: argparse.Namespace, base: dict, subjects: list, result: dict) -> int:
     """Iterations per epoch that fit ``--minutes``, from a short run (overestimates: it includes warm-up)."""
-    from training.train import TrainConfig, train
+    from training.fit.train import TrainConfig, train
 
     calib = train(TrainConfig(epochs=1, iterations_per_epoch=a.calib_iterations, **base), subjects[:2],
                   a.out / "calib", progress=False)
@@ -120,10 +120,10 @@ def inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float
         if device == "cuda":
             torch.cuda.synchronize()
 
+    from training.data.nifti import Volume
+    from training.data.synthetic import generate_subject
     from training.evaluate import dice_per_class
-    from training.nifti import Volume
-    from training.predict import Predictor
-    from training.synthetic import generate_subject
+    from training.infer.predict import Predictor
 
     s = generate_subject(40.0, seed=7, shape=shape, spacing=spacing)  # bench/inference.py's volume
     vol = Volume(s.t2w, s.affine)
@@ -187,8 +187,8 @@ def write_parts(ckpt: Path, parts: Path) -> None:
 def join_cmd(a: argparse.Namespace) -> None:
     import torch
 
-    from training.checkpoint import load_checkpoint
-    from training.nifti import atomic_write
+    from training.data.nifti import atomic_write
+    from training.model.checkpoint import load_checkpoint
 
     files = sorted(a.parts.glob("best.part*"), key=lambda p: int(p.name.removeprefix("best.part")))
     raw = torch.load(io.BytesIO(b"".join(f.read_bytes() for f in files)), map_location="cpu", weights_only=True)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/inference.py [--ckpt PATH] [--variants a,b] [--json OUT] [--threads 2]
 
-On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.synthetic.generate_subject``):
+On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.data.synthetic.generate_subject``):
 
 1. weights: ``--ckpt`` (a neolabel checkpoint, e.g. from ``bench/gpu_train.py``), or a brief
    training of the paper network (DynUNet, 6 levels, 32–320 filters; ``network_config("paper")``)
@@ -96,14 +96,14 @@ def quick_train(
     """Train a preset's network briefly on random crops of generated 0.5 mm subjects; save a checkpoint."""
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.loss import MaskedDiceCELoss
-    from training.network import build_network, network_config
-    from training.nifti import Volume
-    from training.predict import with_fast_instance_norm
-    from training.preprocess import PreprocessConfig, preprocess
-    from training.sampling import PatchDataset, make_case
-    from training.synthetic import generate_subject
+    from training.data.nifti import Volume
+    from training.data.preprocess import PreprocessConfig, preprocess
+    from training.data.synthetic import generate_subject
+    from training.fit.loss import MaskedDiceCELoss
+    from training.fit.sampling import PatchDataset, make_case
+    from training.infer.predict import with_fast_instance_norm
+    from training.model.checkpoint import save_checkpoint
+    from training.model.network import build_network, network_config
 
     torch.manual_seed(seed)
     net_cfg = network_config(preset)
@@ -120,7 +120,7 @@ def quick_train(
     final = build_network(net_cfg)
     done_before = 0
     if init is not None:  # continue an earlier quick training (weights only; AdamW restarts)
-        from training.checkpoint import load_checkpoint
+        from training.model.checkpoint import load_checkpoint
 
         earlier = load_checkpoint(init)
         final.load_state_dict(earlier.model.state_dict())
@@ -251,10 +251,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from training.checkpoint import load_checkpoint
-    from training.nifti import Volume
-    from training.predict import Predictor
-    from training.synthetic import generate_subject
+    from training.data.nifti import Volume
+    from training.data.synthetic import generate_subject
+    from training.infer.predict import Predictor
+    from training.model.checkpoint import load_checkpoint
 
     ckpt = args.ckpt
     if ckpt is None:
@@ -347,7 +347,7 @@ def main() -> None:
     elif not args.skip_baseline:
         from monai.data.utils import dense_patch_slices
 
-        from training.preprocess import preprocess
+        from training.data.preprocess import preprocess
 
         pre = preprocess([vol], None, ck.preprocess)
         roi = ref.settings.roi_size

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from strategies.budget import BudgetConfig, plan_budget
-from strategies.extents import PlanEntry
+from strategies.plan.budget import BudgetConfig, plan_budget
+from strategies.plan.extents import PlanEntry
 
 SHAPE = (217, 290, 290)
 

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from anywhere (and never pick up another top-level `training`)
     sys.path.insert(0, str(ROOT))
 
-from training.data import open_dataset  # noqa: E402
-from training.labels import BRAIN, IGNORE  # noqa: E402
-from training.nifti import load_volume  # noqa: E402
+from training.data.dataset import open_dataset  # noqa: E402
+from training.data.labels import BRAIN, IGNORE  # noqa: E402
+from training.data.nifti import load_volume  # noqa: E402
 
 
 def axial_partial(label: np.ndarray, affine: np.ndarray, every: int = 3) -> tuple[np.ndarray, int, list[int]]:
@@ -54,9 +54,9 @@ def time_losses(cases, net_cfg, n: int = 12, threads: int = 2) -> dict:
     import torch
     from monai.losses import DiceCELoss
 
-    from training.loss import MaskedDiceCELoss
-    from training.network import build_network
-    from training.sampling import PatchDataset
+    from training.fit.loss import MaskedDiceCELoss
+    from training.fit.sampling import PatchDataset
+    from training.model.network import build_network
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -121,17 +121,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.network import network_config
-    from training.preprocess import PreprocessConfig, preprocess_subject
-    from training.sampling import make_case
-    from training.train import TrainConfig, tissue_mean, train, validate
+    from training.data.preprocess import PreprocessConfig, preprocess_subject
+    from training.fit.sampling import make_case
+    from training.fit.train import TrainConfig, tissue_mean, train, validate
+    from training.model.network import network_config
 
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or out / "data"
     if not (data / "participants.tsv").exists():
-        from training.synthetic import write_study_set
+        from training.data.synthetic import write_study_set
 
         t0 = time.perf_counter()
         write_study_set(data, args.subjects, seed=args.seed)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         res = train(cfg, train_subs, out / cond, partial_labels=partial if cond == "axial33" else None,
                     progress=False)
         wall = time.perf_counter() - t0
-        from training.checkpoint import load_checkpoint
+        from training.model.checkpoint import load_checkpoint
 
         ck = load_checkpoint(res.last_path)
         v = validate(ck.model, test_cases, tuple(ck.network.patch_size), torch.device("cpu"))

@@ -1,9 +1,9 @@
 """Benchmark: transfer-learning freeze levels on a synthetic old → young split (Richter & Fetit 2022, §transfer).
 
 What it does (all seeded, CPU by default):
-1. writes a synthetic dHCP-like study set (``training.synthetic``; anatomy depends on scan age:
+1. writes a synthetic dHCP-like study set (``training.data.synthetic``; anatomy depends on scan age:
    brain size, cortical folding, CSF, ventricles);
-2. splits it by age (``training.splits.age_split``): the oldest ``--source-n`` → source, the
+2. splits it by age (``training.data.splits.age_split``): the oldest ``--source-n`` → source, the
    youngest ``--target-n`` → ``--target-train`` fine-tune + the rest test (default 10 / 4 + 8 of
    60, about the paper's proportions 100 / 40 + 80 of 709, so the target is preterm-aged);
 3. trains a source model on the source group;
@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
+    from training.data.labels import NUM_CLASSES, TISSUE, class_names
+    from training.data.splits import age_split, write_split
+    from training.data.synthetic import write_study_set
     from training.evaluate import evaluate_checkpoint
-    from training.labels import NUM_CLASSES, TISSUE, class_names
-    from training.splits import age_split, write_split
-    from training.synthetic import write_study_set
-    from training.train import TrainConfig, train
+    from training.fit.train import TrainConfig, train
 
     torch.set_num_threads(a.threads)
     t_all = time.perf_counter()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     age_rows = []
     if a.age:
-        from training.age import evaluate_age_checkpoint
+        from training.model.age import evaluate_age_checkpoint
 
         for seed, alpha in ((s, w) for s in a.seeds for w in a.age_weights):
             t0 = time.perf_counter()

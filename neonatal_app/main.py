@@ -18,15 +18,15 @@ from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 from neonatal_app.lib.activelearning.budget import BudgetStrategy
 from neonatal_app.lib.activelearning.foreground_random import ForegroundRandomStrategy
 from neonatal_app.lib.activelearning.uncertainty import UncertaintyStrategy
-from neonatal_app.lib.annotation import AnnotationService
-from neonatal_app.lib.config import AppConfig
 from neonatal_app.lib.configs.segmentation import NAME as MODEL_NAME
 from neonatal_app.lib.configs.segmentation import SegmentationConfig
 from neonatal_app.lib.datastore import NeolabelDatastore
 from neonatal_app.lib.infers.segmentation import slicer_label_map
-from neonatal_app.lib.retrain import RetrainTriggers
-from neonatal_app.lib.state import StateStore
-from training import labels as L
+from strategies.annotate.retrain import RetrainTriggers
+from strategies.annotate.service import AnnotationService
+from strategies.annotate.settings import AppConfig
+from strategies.annotate.state import StateStore
+from training.data import labels as L
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Pure, seeded planning of which scans and slices to annotate (numpy + nibabel only, no torch).
+"""Which scans and slices are labelled next, and what an annotation becomes (no torch, no MONAI Label).
 
-Modules: ``axes`` (anatomical axes from the affine), ``extents`` (per-image planning metadata and
-its cache), ``budget`` (label budgeting), ``incremental`` (next assignment for one annotator with
-leases), ``assignment`` (the ``SliceAssignment`` JSON contract), ``masks`` (partial labels),
-``uncertainty`` and ``random_fg`` (slice ranking). Import the submodules directly.
+``plan``: pure, seeded budget planning on numpy (anatomical axes, brain extents, the budget
+planner, incremental assignment with leases, slice ranking). ``annotate``: the annotation core
+that the server *and* the simulation's oracle use — settings, state, leases, turning a painted
+labelmap into a partial label, the ``original`` label, model outputs → brain extents and slice
+scores, retraining triggers. ``annotate`` builds on ``plan``; both may use ``training.data``.
 """

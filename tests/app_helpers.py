@@ -39,8 +39,8 @@ def served_copy(synth_root: Path, dest: Path) -> Path:
 
 
 def oracle(synth_root: Path, image_id: str):
-    from training.data import open_dataset
-    from training.nifti import load_volume
+    from training.data.dataset import open_dataset
+    from training.data.nifti import load_volume
 
     return load_volume(open_dataset(synth_root).get(image_id).label)
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.age import (
+from training.data.labels import IGNORE, NUM_CLASSES
+from training.fit.loss import MaskedDiceCELoss
+from training.model.age import (
     AGE_MEAN_WEEKS,
     AGE_SD_WEEKS,
     AgeError,
@@ -19,9 +21,7 @@ from training.age import (
     predict_age,
     weeks_from_normalised,
 )
-from training.labels import IGNORE, NUM_CLASSES
-from training.loss import MaskedDiceCELoss
-from training.network import build_network, network_config
+from training.model.network import build_network, network_config
 
 
 def _nets():
@@ -97,9 +97,9 @@ def test_window_average_and_padding():
 
 
 def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
-    from training.age import evaluate_age_checkpoint
-    from training.checkpoint import load_checkpoint
-    from training.train import TrainConfig, train
+    from training.fit.train import TrainConfig, train
+    from training.model.age import evaluate_age_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     subs = synth_dataset.with_labels()
     cfg = TrainConfig(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=2, batch_size=2,
@@ -115,8 +115,8 @@ def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
     assert math.isclose(rep.mse, float((errs ** 2).mean()), rel_tol=1e-9)
     assert "MAE" in rep.to_text()
     # a segmentation-only checkpoint fine-tunes into an AgeU-Net (the new head starts random)
-    from training.checkpoint import save_checkpoint
-    from training.finetune import prepare_finetune
+    from training.fit.finetune import prepare_finetune
+    from training.model.checkpoint import save_checkpoint
 
     seg_cfg = replace(ck.network, age_head=False)
     seg_path = save_checkpoint(tmp_path / "seg.pt", build_network(seg_cfg), network=seg_cfg, preprocess=ck.preprocess,

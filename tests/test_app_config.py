@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from neonatal_app.lib.config import AppConfig, ConfError, conf_table_markdown
+from strategies.annotate.settings import AppConfig, ConfError, conf_table_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 

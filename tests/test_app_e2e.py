@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from app_helpers import SERVER_ENV, assigned_mask, free_port, oracle, painted, served_copy
 
-from training.labels import IGNORE
-from training.nifti import load_volume, save_volume
+from training.data.labels import IGNORE
+from training.data.nifti import load_volume, save_volume
 
 
 def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:

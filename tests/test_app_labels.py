@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from app_helpers import assigned_mask, inprocess_app, inprocess_server, oracle, painted, served_copy, snapshot
 
-from training.labels import IGNORE
-from training.nifti import load_volume, save_volume
+from training.data.labels import IGNORE
+from training.data.nifti import load_volume, save_volume
 
 
 @pytest.fixture()
@@ -205,7 +205,7 @@ def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_pat
     writing the new label leaves the previous label, valid JSON and no temporary files."""
     import os
 
-    import training.nifti as nifti
+    import training.data.nifti as nifti
 
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
@@ -273,8 +273,8 @@ def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_ann
 
 
 def test_slice_left_as_pre_segmented_goes_back_to_the_budget():
-    from neonatal_app.lib.submission import convert_submission
-    from strategies.assignment import SliceAssignment
+    from strategies.annotate.submission import convert_submission
+    from strategies.plan.assignment import SliceAssignment
 
     pre = np.zeros((6, 6, 6), np.uint8)
     pre[:, :, 1] = 3

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from neonatal_app.lib.model_outputs import ModelOutputs
-from training.labels import NUM_CLASSES
+from strategies.annotate.model_outputs import ModelOutputs
+from training.data.labels import NUM_CLASSES
 
 SHAPE = (12, 14, 10)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from app_helpers import inprocess_app, oracle, painted, served_copy
 
-from neonatal_app.lib.retrain import RetrainTriggers
-from training.nifti import save_volume
+from strategies.annotate.retrain import RetrainTriggers
+from training.data.nifti import save_volume
 
 
 def test_every_n_fires_exactly_at_n():
@@ -112,7 +112,7 @@ def test_trainer_lock_refuses_a_second_training(synth_root, tmp_path):
 
 
 def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tmp_path, monkeypatch):
-    """The trainer passes the partial labels to training.train.train, then publishes only a model that is
+    """The trainer passes the partial labels to training.fit.train.train, then publishes only a model that is
     not worse on the validation set (training and evaluation are stubbed: this is about the wiring)."""
     import hashlib
     from types import SimpleNamespace
@@ -120,7 +120,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
     from test_app_strategies import make_model
 
     import training.evaluate as ev
-    import training.train as tr
+    import training.fit.train as tr
     from neonatal_app.lib.configs.segmentation import model_path
 
     studies = served_copy(synth_root, tmp_path)
@@ -155,7 +155,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
         assert seen["ids"] == [a["id"]] and set(seen["partial"]) == {a["id"]}
         assert str(seen["partial"][a["id"]]).endswith(f"labels/final/{a['id']}.nii.gz")
         assert seen["val"] == 6 and seen["init"] == model_path(studies)
-        assert seen["freeze"] == "medium"  # the transfer-learning level reaches training.train
+        assert seen["freeze"] == "medium"  # the transfer-learning level reaches training.fit.train
         assert seen["amp"] is False and seen["device"] == "cpu"  # mixed precision only on CUDA
         assert out["published"] is False and "kept the served model" in out["message"]
         assert hashlib.sha256(model_path(studies).read_bytes()).hexdigest() == served

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from app_helpers import assigned_mask, inprocess_app, oracle, painted, served_copy
 
-from training.nifti import load_volume, save_volume
+from training.data.nifti import load_volume, save_volume
 
 
 def make_model(path) -> None:
     """A random-weight tiny checkpoint: enough to exercise the model plumbing (not its quality)."""
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.network import build_network, network_config
-    from training.preprocess import PreprocessConfig
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import save_checkpoint
+    from training.model.network import build_network, network_config
 
     torch.manual_seed(0)
     cfg = network_config("tiny")
@@ -31,7 +31,7 @@ def studies(synth_root, tmp_path):
 
 
 def _brain_slices(synth_root, image_id, voxel_axis):
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
 
     mask = load_volume(open_dataset(synth_root).get(image_id).brain_mask).data != 0
     other = tuple(a for a in range(3) if a != voxel_axis)
@@ -128,7 +128,7 @@ def test_model_appears_when_published_and_drives_infer_and_uncertainty(studies, 
         assert not orig[~assigned_mask(orig.shape, u["slices"])].any()
 
         # a newer model file is picked up without restart (mtime change)
-        from training.predict import Predictor  # noqa: F401 - loaded by the infer task
+        from training.infer.predict import Predictor  # noqa: F401 - loaded by the infer task
 
         task = _app._infers["segmentation"]
         p1 = task.predictor()

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from training.data import DatasetError, index_dhcp, index_folder, open_dataset
-from training.nifti import save_volume
+from training.data.dataset import DatasetError, index_dhcp, index_folder, open_dataset
+from training.data.nifti import save_volume
 
 
 def _write(path, value):
@@ -117,8 +117,8 @@ def test_plain_folder_with_monailabel_labels(tmp_path):
 
 
 def test_generated_study_set_passes_the_reader(synth_dataset):
-    from training.labels import NUM_CLASSES
-    from training.nifti import load_volume, read_header
+    from training.data.labels import NUM_CLASSES
+    from training.data.nifti import load_volume, read_header
 
     assert len(synth_dataset) == 6 and synth_dataset.incomplete == []
     ages = [s.scan_age for s in synth_dataset]

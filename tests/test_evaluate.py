@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from training import labels as L
+from training.data import labels as L
 from training.evaluate import EvaluationError, dice_per_class, evaluate_arrays, hd95_per_class, tissue_mean
 
 
@@ -126,9 +126,9 @@ def test_evaluate_cli_json(tmp_path, synth_root):
     from typer.testing import CliRunner
 
     from apps.cli import app
-    from training.checkpoint import save_checkpoint
-    from training.network import build_network, network_config
-    from training.preprocess import PreprocessConfig
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import save_checkpoint
+    from training.model.network import build_network, network_config
 
     torch.manual_seed(0)
     cfg = network_config("tiny")
@@ -142,7 +142,7 @@ def test_evaluate_cli_json(tmp_path, synth_root):
         metrics={},
     )
     out = tmp_path / "report.json"
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
 
     ids = [s.id for s in open_dataset(synth_root).with_labels()[:2]]
     res = CliRunner().invoke(

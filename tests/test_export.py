@@ -7,9 +7,9 @@ import pytest
 
 from apps.export import NNUNET_IGNORE, ExportError, export_nnunet
 from apps.plans import partial_labels_from_plan
-from strategies.assignment import SliceAssignment
-from training.labels import IGNORE, NUM_CLASSES
-from training.nifti import load_volume
+from strategies.plan.assignment import SliceAssignment
+from training.data.labels import IGNORE, NUM_CLASSES
+from training.data.nifti import load_volume
 
 
 def test_export_plan_as_partial_labels(synth_dataset, tmp_path):
@@ -53,8 +53,8 @@ def test_export_rejects_mismatched_label(synth_dataset, tmp_path):
 def test_plan_refuses_a_label_stored_in_another_orientation(tmp_path):
     """A label whose affine differs from its image's would be sliced mirrored: refused, not trained on."""
     from apps.plans import PlanError
-    from training.data import Subject
-    from training.nifti import save_volume
+    from training.data.dataset import Subject
+    from training.data.nifti import save_volume
 
     image, label = tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"
     save_volume(image, np.ones((8, 8, 8), np.float32), np.eye(4))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training import labels
+from training.data import labels
 
 
 def test_class_table_is_complete_and_consistent():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from training.network import build_network, network_config
-from training.predict import (
+from training.data.preprocess import PreprocessConfig
+from training.infer.predict import (
     PredictError,
     Predictor,
     _n_windows,
@@ -18,7 +18,7 @@ from training.predict import (
     plan_roi,
     with_fast_instance_norm,
 )
-from training.preprocess import PreprocessConfig
+from training.model.network import build_network, network_config
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +249,7 @@ def test_large_windows_plan_few_windows_at_least_the_patch(tiny):
 
 def test_window_mode_follows_the_preset_measurement(tiny):
     """Large windows only for presets measured to keep their accuracy with them (the paper network)."""
-    from training.network import large_windows_safe
+    from training.model.network import large_windows_safe
 
     assert large_windows_safe(network_config("paper"))
     assert not large_windows_safe(network_config("cpu")) and not large_windows_safe(None)
@@ -271,7 +271,7 @@ def test_head_box_grows_to_the_window_inside_the_volume(tiny):
 
 
 def test_class_argmax_equals_torch_argmax_with_ties():
-    from training.predict import class_argmax
+    from training.infer.predict import class_argmax
 
     g = torch.Generator().manual_seed(10)
     x = torch.randint(-3, 3, (10, 9, 8, 7), generator=g).float()  # many ties

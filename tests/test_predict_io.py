@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.network import build_network, network_config
-from training.nifti import Volume, load_volume, save_volume
-from training.predict import PredictError, Predictor
-from training.preprocess import PreprocessConfig
-from training.synthetic import generate_subject
+from training.data.nifti import Volume, load_volume, save_volume
+from training.data.preprocess import PreprocessConfig
+from training.data.synthetic import generate_subject
+from training.infer.predict import PredictError, Predictor
+from training.model.checkpoint import save_checkpoint
+from training.model.network import build_network, network_config
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from apps.simulation.backend import Scores, TrainOutcome
 from apps.simulation.conditions import ConditionError, build_conditions, parse_dispersion
 from apps.simulation.data import SimulationError
 from apps.simulation.report import CSV_COLUMNS
-from training import labels as L
-from training.nifti import load_volume, save_volume
+from training.data import labels as L
+from training.data.nifti import load_volume, save_volume
 
 SHAPE = (32, 40, 40)
 SPACING = 3.4
@@ -29,7 +29,7 @@ SPACING = 3.4
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory) -> Path:
     """A tiny dHCP tree with enough scans for a baseline of 1 volume and 3x dispersion, plus 2 test scans."""
-    from training.synthetic import write_study_set
+    from training.data.synthetic import write_study_set
 
     root = tmp_path_factory.mktemp("simdata") / "dhcp"
     write_study_set(root, subjects=9, shape=SHAPE, spacing=SPACING, seed=3)
@@ -153,7 +153,7 @@ def test_a_partial_test_label_is_refused(tmp_path, sim_root):
     root = tmp_path / "copy"
     shutil.copytree(sim_root, root)
     from apps.simulation.data import split_subjects
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
 
     split = split_subjects(open_dataset(root).subjects, 2, 0)
     lab = load_volume(split.test[0].label)

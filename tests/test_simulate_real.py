@@ -9,7 +9,7 @@ import math
 from typer.testing import CliRunner
 
 from apps.simulate import SimulationConfig, run_simulation
-from training import labels as L
+from training.data import labels as L
 
 SHAPE = (32, 40, 40)
 SPACING = 3.4

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from strategies.assignment import SliceAssignment
-from strategies.axes import AXES, AxisError, anatomical_axes, axis_frames, plane_positions_mm
-from strategies.budget import BudgetConfig, plan_budget
-from strategies.extents import entry_from_arrays
-from strategies.masks import partial_label
+from strategies.annotate.masks import partial_label
+from strategies.plan.assignment import SliceAssignment
+from strategies.plan.axes import AXES, AxisError, anatomical_axes, axis_frames, plane_positions_mm
+from strategies.plan.budget import BudgetConfig, plan_budget
+from strategies.plan.extents import entry_from_arrays
 
 TARGETS = [("R", "A", "S"), ("L", "P", "S"), ("L", "P", "I"), ("A", "S", "R"), ("P", "I", "L"), ("S", "L", "A")]
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from strategies.axes import AXES
-from strategies.budget import BudgetConfig, BudgetError, Plan, plan_budget
-from strategies.extents import PlanEntry, entry_from_arrays, margin_window
-from strategies.selection import scan_order
+from strategies.plan.axes import AXES
+from strategies.plan.budget import BudgetConfig, BudgetError, Plan, plan_budget
+from strategies.plan.extents import PlanEntry, entry_from_arrays, margin_window
+from strategies.plan.selection import scan_order
 
 
 def _blob_mask(rng: np.random.Generator, shape=(24, 30, 28)) -> np.ndarray:
@@ -198,8 +198,9 @@ def test_strategies_import_no_torch() -> None:
 
     code = (
         "import sys\n"
-        "import strategies.axes, strategies.assignment, strategies.budget, strategies.extents\n"
-        "import strategies.incremental, strategies.masks, strategies.random_fg, strategies.uncertainty\n"
+        "import strategies.plan.axes, strategies.plan.assignment, strategies.plan.budget, strategies.plan.extents\n"
+        "import strategies.plan.incremental, strategies.annotate.masks, strategies.plan.random_fg\n"
+        "import strategies.plan.uncertainty\n"
         "bad = [m for m in ('torch', 'monai', 'monailabel') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

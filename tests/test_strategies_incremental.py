@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from strategies.assignment import SliceAssignment
-from strategies.budget import BudgetConfig, plan_budget
-from strategies.extents import entry_from_arrays
-from strategies.incremental import (
+from strategies.plan.assignment import SliceAssignment
+from strategies.plan.budget import BudgetConfig, plan_budget
+from strategies.plan.extents import entry_from_arrays
+from strategies.plan.incremental import (
     AssignmentState,
     StateError,
     new_state,

@@ -7,9 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from strategies.assignment import FIELDS, AssignmentError, SliceAssignment
-from strategies.masks import MaskError, assignment_mask, merge_all, merge_partial, partial_label, submission_to_partial
-from training.labels import IGNORE
+from strategies.annotate.masks import (
+    MaskError,
+    assignment_mask,
+    merge_all,
+    merge_partial,
+    partial_label,
+    submission_to_partial,
+)
+from strategies.plan.assignment import FIELDS, AssignmentError, SliceAssignment
+from training.data.labels import IGNORE
 
 
 def _label(shape=(10, 12, 8), seed=0) -> np.ndarray:

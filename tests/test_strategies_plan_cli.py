@@ -12,12 +12,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import training.nifti
+import training.data.nifti
 from apps.commands.plan import plan as plan_command
-from strategies.axes import plane_positions_mm
-from strategies.extents import ExtentCache, entries_from_dataset, entry_from_arrays
-from training.data import open_dataset
-from training.synthetic import write_studies_folder, write_study_set
+from strategies.plan.axes import plane_positions_mm
+from strategies.plan.extents import ExtentCache, entries_from_dataset, entry_from_arrays
+from training.data.dataset import open_dataset
+from training.data.synthetic import write_studies_folder, write_study_set
 
 N_SUBJECTS = 5
 SHAPE = (24, 30, 30)
@@ -67,13 +67,13 @@ def _run(args: list[str]):
 
 def test_extents_are_read_once_and_cached(dhcp_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = training.nifti.load_volume
+    real = training.data.nifti.load_volume
 
     def counting(path, *a, **k):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(training.nifti, "load_volume", counting)
+    monkeypatch.setattr(training.data.nifti, "load_volume", counting)
     ds = open_dataset(dhcp_root)
     cache_path = tmp_path / "cache" / "extents.json"
     entries, skipped = entries_from_dataset(ds, cache=ExtentCache(cache_path))
@@ -153,7 +153,7 @@ def test_lps_copy_gets_the_same_physical_planes(dhcp_root: Path, lps_root: Path,
         ds = open_dataset(root)
         planes = set()
         for a in json.loads(out.read_text())["assignments"]:
-            shape, affine = training.nifti.read_header(ds.get(a["image"]).image)
+            shape, affine = training.data.nifti.read_header(ds.get(a["image"]).image)
             for p in plane_positions_mm(affine, shape, a["axis"], a["indices"]):
                 planes.add((a["image"], a["axis"], round(float(p), 3)))
         plans[name] = planes

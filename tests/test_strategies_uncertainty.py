@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from strategies.budget import BudgetConfig, plan_budget
-from strategies.extents import entry_from_arrays
-from strategies.incremental import new_state, next_assignment, record_submission
-from strategies.random_fg import ForegroundError, foreground_slices, random_foreground_slices
-from strategies.uncertainty import (
+from strategies.plan.budget import BudgetConfig, plan_budget
+from strategies.plan.extents import entry_from_arrays
+from strategies.plan.incremental import new_state, next_assignment, record_submission
+from strategies.plan.random_fg import ForegroundError, foreground_slices, random_foreground_slices
+from strategies.plan.uncertainty import (
     UncertaintyError,
     pick_scan,
     rank_slices,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from training.labels import BRAIN, NUM_CLASSES, TISSUE
-from training.nifti import load_volume
-from training.synthetic import (
+from training.data.labels import BRAIN, NUM_CLASSES, TISSUE
+from training.data.nifti import load_volume
+from training.data.synthetic import (
     IMAGE_SUFFIXES,
     SyntheticError,
     generate_subject,

@@ -11,7 +11,7 @@ def test_train_command_with_plan(synth_root, synth_dataset, tmp_path):
     import typer
 
     from apps.commands.train import train
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     app = typer.Typer()
     app.command()(train)  # one command: invoked without its name (apps/cli.py registers it as `train`)

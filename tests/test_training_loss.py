@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from training.labels import IGNORE
-from training.loss import MaskedDiceCELoss, deep_supervision_weights
+from training.data.labels import IGNORE
+from training.fit.loss import MaskedDiceCELoss, deep_supervision_weights
 
 
 def _partial(shape=(2, 12, 12, 12), seed=0):

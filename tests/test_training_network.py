@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.labels import NUM_CLASSES
-from training.network import NetworkConfigError, build_network, kernels_strides, network_config
+from training.data.labels import NUM_CLASSES
+from training.model.network import NetworkConfigError, build_network, kernels_strides, network_config
 
 
 def test_paper_preset_matches_the_paper():
@@ -51,7 +51,7 @@ def _shared_names(model: torch.nn.Module) -> list[list[str]]:
 
 def test_checkpoint_state_stores_shared_weights_once():
     """DynUNet lists its skip layers under two names; the checkpoint state must keep them one tensor."""
-    from training.checkpoint import cpu_state_dict
+    from training.model.checkpoint import cpu_state_dict
 
     net = build_network(network_config("tiny"))
     shared = _shared_names(net)
@@ -66,8 +66,8 @@ def test_checkpoint_state_stores_shared_weights_once():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the duplicate copies came from .cpu() per name")
 def test_checkpoint_of_a_cuda_model_is_not_larger(tmp_path):
-    from training.checkpoint import save_checkpoint
-    from training.preprocess import PreprocessConfig
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import save_checkpoint
 
     cfg = network_config("tiny")
     net = build_network(cfg)

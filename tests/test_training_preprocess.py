@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.labels import IGNORE
-from training.nifti import Volume, save_volume
-from training.preprocess import PreprocessConfig, PreprocessError, preprocess, restore
+from training.data.labels import IGNORE
+from training.data.nifti import Volume, save_volume
+from training.data.preprocess import PreprocessConfig, PreprocessError, preprocess, restore
 
 
 def _head(shape, rng):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.augment import AugmentConfig, build_augmentations
-from training.labels import IGNORE
-from training.sampling import PatchDataset, SamplingConfig, crop_padded, make_case, sample_patch_start
+from training.data.labels import IGNORE
+from training.fit.augment import AugmentConfig, build_augmentations
+from training.fit.sampling import PatchDataset, SamplingConfig, crop_padded, make_case, sample_patch_start
 
 PATCH = (24, 24, 24)
 

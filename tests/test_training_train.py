@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.labels import IGNORE, NUM_CLASSES
-from training.train import TrainConfig, TrainError, train
+from training.data.labels import IGNORE, NUM_CLASSES
+from training.fit.train import TrainConfig, TrainError, train
+from training.model.checkpoint import CheckpointError, load_checkpoint
 
 
 def _cfg(**kw):
@@ -48,7 +48,7 @@ def test_train_checkpoint_and_resume(synth_dataset, tmp_path):
 
 
 def test_train_on_partial_labels_only_uses_planned_subjects(synth_dataset, tmp_path):
-    from training.nifti import load_volume
+    from training.data.nifti import load_volume
 
     subs = synth_dataset.with_labels()
     full = load_volume(subs[0].label).data.astype(np.uint8)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from training.finetune import FREEZE_LEVELS, FreezeError, apply_freeze, trainable_parameters
-from training.labels import IGNORE
-from training.loss import MaskedDiceCELoss
-from training.network import build_network, network_config
-from training.splits import SplitError, age_split, group_sizes, main, read_split, write_split
+from training.data.labels import IGNORE
+from training.data.splits import SplitError, age_split, group_sizes, main, read_split, write_split
+from training.fit.finetune import FREEZE_LEVELS, FreezeError, apply_freeze, trainable_parameters
+from training.fit.loss import MaskedDiceCELoss
+from training.model.network import build_network, network_config
 
 
 def _expected_trained(model, level: str) -> set[int]:
@@ -46,7 +46,7 @@ def _batch(seed=0):
 @pytest.mark.parametrize(("level", "opt_name"), [("shallow", "adamw"), ("shallow", "sgd"), ("medium", "adamw"),
                                                   ("deep", "sgd"), ("full", "adamw"), ("none", "sgd")])
 def test_freeze_level_trains_exactly_the_intended_modules(level, opt_name):
-    from training.age import age_loss, forward_with_age
+    from training.model.age import age_loss, forward_with_age
 
     torch.manual_seed(0)
     cfg = network_config("tiny")
@@ -105,7 +105,7 @@ def test_freeze_errors():
 
 
 def _tcfg(**kw):
-    from training.train import TrainConfig
+    from training.fit.train import TrainConfig
 
     base = dict(preset="tiny", patch_size=(16, 16, 16), epochs=1, iterations_per_epoch=2, batch_size=1, threads=2,
                 tensorboard=False)
@@ -114,9 +114,9 @@ def _tcfg(**kw):
 
 
 def test_finetune_through_train_on_partial_labels(synth_dataset, tmp_path):
-    from training.checkpoint import load_checkpoint
-    from training.nifti import load_volume
-    from training.train import TrainError, train
+    from training.data.nifti import load_volume
+    from training.fit.train import TrainError, train
+    from training.model.checkpoint import load_checkpoint
 
     subs = synth_dataset.with_labels()
     src = train(_tcfg(), subs[:2], tmp_path / "src", progress=False)
@@ -217,8 +217,8 @@ def test_cli_freeze_and_age_options(synth_root, synth_dataset, tmp_path):
 
     from apps.commands.evaluate import evaluate
     from apps.commands.train import train as train_cmd
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.preprocess import PreprocessConfig
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import load_checkpoint, save_checkpoint
 
     tcli, ecli = typer.Typer(), typer.Typer()
     tcli.command()(train_cmd)

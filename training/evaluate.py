@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import labels as L
+from training.data import labels as L
 
 
 class EvaluationError(ValueError):
@@ -263,10 +263,10 @@ def evaluate_predictor(
     hd95: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
-    """Predict every labelled subject with ``predictor`` (a ``training.predict.Predictor``); score it."""
+    """Predict every labelled subject with ``predictor`` (a ``training.infer.predict.Predictor``); score it."""
     import time
 
-    from training.nifti import load_volume
+    from training.data.nifti import load_volume
 
     labelled = [s for s in subjects if getattr(s, "label", None) is not None]
     if not labelled:
@@ -303,8 +303,8 @@ def evaluate_checkpoint(
     progress: Callable[[str], None] | None = None,
     **predictor_kwargs,
 ) -> EvaluationReport:
-    """Load ``ckpt`` into a fast :class:`~training.predict.Predictor` and evaluate it on ``subjects``."""
-    from training.predict import Predictor
+    """Load ``ckpt`` into a fast :class:`~training.infer.predict.Predictor` and evaluate it on ``subjects``."""
+    from training.infer.predict import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, device=device, **predictor_kwargs)
     report = evaluate_predictor(predictor, subjects, hd95=hd95, progress=progress)

@@ -26,11 +26,11 @@ def evaluate(
     """Score CKPT on DATA's labelled scans (Dice NaN: class absent in both; HD95 NaN: absent in either)."""
     import json
 
-    from training.checkpoint import CheckpointError
-    from training.data import DatasetError, open_dataset
+    from training.data.dataset import DatasetError, open_dataset
+    from training.data.nifti import NiftiError, atomic_write_text
     from training.evaluate import EvaluationError, evaluate_checkpoint
-    from training.nifti import NiftiError, atomic_write_text
-    from training.predict import PredictError
+    from training.infer.predict import PredictError
+    from training.model.checkpoint import CheckpointError
 
     try:
         ds = open_dataset(data)
@@ -41,7 +41,7 @@ def evaluate(
         report = evaluate_checkpoint(
             ckpt, chosen, device=device, hd95=hd95, progress=progress, fast=not reference
         )
-        from training.age import age_report_for
+        from training.model.age import age_report_for
 
         age = age_report_for(ckpt, chosen, device=device)  # AgeU-Net checkpoints: scan-age MAE/MSE in weeks
     except (DatasetError, EvaluationError, CheckpointError, PredictError, NiftiError, ValueError) as exc:

@@ -16,7 +16,7 @@ def export(
     """Export (partial) labels as an nnU-Net v2 dataset whose dataset.json declares an ignore label."""
     from apps.export import export_nnunet
     from apps.plans import partial_labels_from_plan
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
 
     ds = open_dataset(data)
     partial = partial_labels_from_plan(ds, plan) if plan is not None else None

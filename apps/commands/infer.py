@@ -33,10 +33,10 @@ def infer(
     """Segment IMAGE with the model in CKPT and write the label to OUT."""
     import time
 
-    from training.checkpoint import CheckpointError
-    from training.nifti import NiftiError
-    from training.predict import PredictError, Predictor
-    from training.preprocess import PreprocessError
+    from training.data.nifti import NiftiError
+    from training.data.preprocess import PreprocessError
+    from training.infer.predict import PredictError, Predictor
+    from training.model.checkpoint import CheckpointError
 
     try:
         predictor = Predictor.from_checkpoint(

@@ -40,10 +40,10 @@ def plan(
     import json
     import time
 
-    from strategies.budget import BudgetConfig, BudgetError, plan_budget
-    from strategies.extents import ExtentCache, ExtentError, default_cache_path, entries_from_dataset
-    from training.data import DatasetError, open_dataset
-    from training.nifti import atomic_write_text
+    from strategies.plan.budget import BudgetConfig, BudgetError, plan_budget
+    from strategies.plan.extents import ExtentCache, ExtentError, default_cache_path, entries_from_dataset
+    from training.data.dataset import DatasetError, open_dataset
+    from training.data.nifti import atomic_write_text
 
     if selection == "uncertainty":
         raise typer.BadParameter(
@@ -122,7 +122,7 @@ def draw_plan_figure(image_path: Path, assignments: list, out: Path, title: str 
     import nibabel as nib
     import numpy as np
 
-    from strategies.axes import AXES, axis_frames
+    from strategies.plan.axes import AXES, axis_frames
 
     img = nib.load(str(image_path))
     frames = axis_frames(img.affine, img.shape[:3])

@@ -104,7 +104,7 @@ def serve(
     """
     import time
 
-    from neonatal_app.lib.config import AppConfig, ConfError
+    from strategies.annotate.settings import AppConfig, ConfError
 
     t0 = time.perf_counter()
     conf = parse_conf_args(list(ctx.args))

@@ -28,8 +28,8 @@ def synth(
 
     import numpy as np
 
-    from training.labels import CLASSES, NUM_CLASSES
-    from training.synthetic import SyntheticError, write_studies_folder, write_study_set
+    from training.data.labels import CLASSES, NUM_CLASSES
+    from training.data.synthetic import SyntheticError, write_studies_folder, write_study_set
 
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)
     ages: list[float] = []

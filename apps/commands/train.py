@@ -1,7 +1,7 @@
 """``neolabel train``: train the segmentation network on full labels or on a slice plan's partial labels.
 
 The plan → partial-label conversion is ``apps.plans`` (it needs ``strategies``, which ``training``
-must never import); ``training.train.train`` only ever sees partial labels.
+must never import); ``training.fit.train.train`` only ever sees partial labels.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def train(
     """Train the DynUNet with the masked Dice+CE loss; writes OUT/best.pt and OUT/last.pt."""
     import logging
 
-    from training.data import DatasetError, open_dataset
-    from training.train import TrainConfig, TrainError
-    from training.train import train as run_train
+    from training.data.dataset import DatasetError, open_dataset
+    from training.fit.train import TrainConfig, TrainError
+    from training.fit.train import train as run_train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

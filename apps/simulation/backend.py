@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from training import labels as L
+from training.data import labels as L
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainJob:
 
     name: str
     seed: int
-    subjects: list  # training.data.Subject
+    subjects: list  # training.data.dataset.Subject
     partial_labels: dict[str, np.ndarray | Path]  # id -> uint8 label (255 = not annotated) or a dense label file
     out_dir: Path
     epochs: int
@@ -99,25 +99,25 @@ def _known_fields(cls: type, values: Mapping[str, Any]) -> tuple[dict[str, Any],
 
 
 def make_train_config(epochs: int, seed: int, settings: Mapping[str, Any]):
-    """A ``training.train.TrainConfig`` with ``epochs``, ``seed`` and the run's settings.
+    """A ``training.fit.train.TrainConfig`` with ``epochs``, ``seed`` and the run's settings.
 
     Settings that this TrainConfig does not have raise a clear error (a typo must not silently
     change what is simulated).
     """
-    from training.train import TrainConfig
+    from training.fit.train import TrainConfig
 
     values = dict(settings)
     values["epochs"] = int(epochs)
     values["seed"] = int(seed)
     ok, unknown = _known_fields(TrainConfig, values)
     if unknown:
-        raise ValueError(f"unknown training setting(s) {', '.join(unknown)} for training.train.TrainConfig")
+        raise ValueError(f"unknown training setting(s) {', '.join(unknown)} for training.fit.train.TrainConfig")
     return TrainConfig(**ok)
 
 
 def real_train(job: TrainJob) -> TrainOutcome:
-    """Train with :func:`training.train.train` on the job's partial labels (warm start from ``job.init``)."""
-    from training.train import train
+    """Train with :func:`training.fit.train.train` on the job's partial labels (warm start from ``job.init``)."""
+    from training.fit.train import train
 
     cfg = make_train_config(job.epochs, job.seed, job.settings)
     t0 = time.perf_counter()
@@ -183,7 +183,7 @@ class RealProbabilities:
         self._predictor: Any = None
 
     def __call__(self, checkpoint: Path, subject: Any) -> np.ndarray:
-        from training.predict import Predictor
+        from training.infer.predict import Predictor
 
         if self._ckpt != Path(checkpoint):
             self._predictor = Predictor.from_checkpoint(checkpoint, device="cpu")

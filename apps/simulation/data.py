@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training import labels as L
+from training.data import labels as L
 
 
 class SimulationError(ValueError):
@@ -28,7 +28,7 @@ SYNTH_MARKER = "neolabel-synthetic.json"
 
 def prepare_synthetic(root: Path, n_subjects: int, shape: Sequence[int], spacing: float, seed: int) -> Path:
     """Generate (once) a synthetic dHCP-layout study set under ``root``; reuse it when the parameters match."""
-    from training.synthetic import write_study_set
+    from training.data.synthetic import write_study_set
 
     params = {"subjects": int(n_subjects), "shape": [int(s) for s in shape], "spacing": float(spacing),
               "seed": int(seed)}
@@ -46,7 +46,7 @@ def prepare_synthetic(root: Path, n_subjects: int, shape: Sequence[int], spacing
     if root.exists() and any(root.iterdir()):
         raise SimulationError(f"{root} exists and is not a synthetic study set made by neolabel simulate")
     write_study_set(root, int(n_subjects), tuple(int(s) for s in shape), float(spacing), int(seed))
-    from training.nifti import atomic_write_text
+    from training.data.nifti import atomic_write_text
 
     atomic_write_text(marker, json.dumps(params))
     return root
@@ -54,8 +54,8 @@ def prepare_synthetic(root: Path, n_subjects: int, shape: Sequence[int], spacing
 
 @dataclass
 class Split:
-    test: list  # training.data.Subject, dense labels, never trained on
-    pool: list  # training.data.Subject, labels used only through the oracle
+    test: list  # training.data.dataset.Subject, dense labels, never trained on
+    pool: list  # training.data.dataset.Subject, labels used only through the oracle
 
     @property
     def test_ids(self) -> list[str]:
@@ -109,7 +109,7 @@ class Oracle:
 
     def partial_label(self, subject_id: str, assignments: Sequence[Any]) -> np.ndarray:
         """255 everywhere except the assigned slices, which get the true classes."""
-        from strategies.masks import partial_label
+        from strategies.annotate.masks import partial_label
 
         label, affine = self._label_and_affine(subject_id)
         return partial_label(label, list(assignments), affine)
@@ -120,7 +120,7 @@ class Oracle:
 
 def check_dense(subjects: Iterable[Any]) -> None:
     """Every test label must be a full label (no 255): a partial test label would score unannotated voxels."""
-    from training.nifti import load_volume
+    from training.data.nifti import load_volume
 
     for s in subjects:
         data = load_volume(s.label).data

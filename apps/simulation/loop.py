@@ -2,7 +2,7 @@
 
 Round 0 is the same for every strategy of a seed: ``seed_slices`` slices planned with the
 equidistant budget planner, a model trained from scratch for ``epochs``. Each later round asks
-the strategy (through :func:`strategies.incremental.next_assignment`, exactly as the server does
+the strategy (through :func:`strategies.plan.incremental.next_assignment`, exactly as the server does
 for an annotator) for assignments until ``round_slices`` more slices are annotated; the oracle
 fills them from the dense labels; the model is fine-tuned from the previous round's checkpoint on
 everything annotated so far for ``round_epochs``; the held-out Dice is recorded. Strategies:
@@ -54,7 +54,7 @@ class LoopSettings:
 
 
 def _config(settings: LoopSettings, selection: str, total: int, seed: int):
-    from strategies.budget import BudgetConfig
+    from strategies.plan.budget import BudgetConfig
 
     return BudgetConfig(total_slices=int(total), dispersion=float(settings.dispersion), axis=settings.axis,
                         margin=float(settings.margin), selection=selection, seed=int(seed))
@@ -63,7 +63,7 @@ def _config(settings: LoopSettings, selection: str, total: int, seed: int):
 def annotate_until(state: Any, entries: Sequence[Any], target: int, *, round_no: int,
                    scores: dict | None = None) -> tuple[Any, list]:
     """Ask for assignments and submit the oracle's annotation until ``target`` slices are annotated."""
-    from strategies.incremental import next_assignment, record_submission
+    from strategies.plan.incremental import next_assignment, record_submission
 
     state = replace(state, config=replace(state.config, total_slices=int(target)))
     got: list = []
@@ -82,7 +82,7 @@ def annotate_until(state: Any, entries: Sequence[Any], target: int, *, round_no:
 
 def state_assignments(state: Any, strategy: str, entries: dict[str, Any]) -> dict[str, list]:
     """Every annotated slice of the state as assignments per image (what the oracle must fill)."""
-    from strategies.assignment import SliceAssignment
+    from strategies.plan.assignment import SliceAssignment
 
     out: dict[str, list] = {}
     for image, per_axis in state.annotated.items():
@@ -98,9 +98,9 @@ def _scores_for(checkpoint: Path, entries: Sequence[Any], pool: dict[str, Any], 
     """Per-slice uncertainty scores of the current model on every pool scan (brain-masked)."""
     import numpy as np
 
-    from strategies.uncertainty import slice_scores
-    from training.labels import BRAIN
-    from training.nifti import load_volume
+    from strategies.plan.uncertainty import slice_scores
+    from training.data.labels import BRAIN
+    from training.data.nifti import load_volume
 
     out = {}
     for e in entries:
@@ -134,7 +134,7 @@ def run_loop(
     """All strategies × seeds × rounds; each round's result JSON is written atomically (resume)."""
     from tqdm.auto import tqdm
 
-    from strategies.incremental import AssignmentState, new_state
+    from strategies.plan.incremental import AssignmentState, new_state
 
     settings.check()
     by_id = {e.id: e for e in entries}

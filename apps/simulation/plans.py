@@ -24,7 +24,7 @@ def pool_order(entries: Sequence[Any], seed: int, count_axis: str = "axial", mar
     same order, so every dispersed condition's scans include the baseline's (nested sets, as in
     the paper where the 3x scans contain the baseline's).
     """
-    from strategies.budget import BudgetConfig, ordered_entries
+    from strategies.plan.budget import BudgetConfig, ordered_entries
 
     return list(ordered_entries(list(entries), BudgetConfig(total_slices=0, axis=count_axis, margin=margin,
                                                             seed=int(seed))))
@@ -48,7 +48,7 @@ def baseline_volumes(ordered: Sequence[Any], n: int, count_axis: str, margin: fl
 
 def baseline_assignments(volumes: Sequence[Any], count_axis: str, margin: float, seed: int) -> list[Any]:
     """Assignments that *record* what the baseline pays for (all usable slices along the count axis)."""
-    from strategies.assignment import SliceAssignment
+    from strategies.plan.assignment import SliceAssignment
 
     out = []
     for e in volumes:
@@ -60,7 +60,7 @@ def baseline_assignments(volumes: Sequence[Any], count_axis: str, margin: float,
 
 def condition_assignments(cond: Condition, ordered: Sequence[Any], total: int, seed: int) -> list[Any]:
     """Plan ``total`` slices over the pool for a dispersed condition; error if the pool cannot pay for it."""
-    from strategies.budget import BudgetConfig, plan_budget
+    from strategies.plan.budget import BudgetConfig, plan_budget
 
     kwargs: dict[str, Any] = {
         "total_slices": int(total),

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from training import labels as L
-from training.nifti import atomic_write_text
+from training.data import labels as L
+from training.data.nifti import atomic_write_text
 
 CSV_COLUMNS: tuple[str, ...] = (
     "mode",
@@ -34,7 +34,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "train_seconds",
 )
 """One row per condition (loop mode: strategy and round) × seed × class; class ``tissue`` is the
-mean over ``training.labels.TISSUE``."""
+mean over ``training.data.labels.TISSUE``."""
 
 SHORT_NAMES = {0: "Out", 1: "CSF", 2: "cGM", 3: "WM", 4: "BG", 5: "Vent", 6: "Cereb", 7: "dGM", 8: "BStem",
                9: "Hip/Amy"}
@@ -248,7 +248,7 @@ def write_markdown(path: Path, results: Sequence[dict], meta: dict) -> Path:
 
 
 def _savefig(fig: Any, path: Path) -> Path:
-    from training.nifti import atomic_write
+    from training.data.nifti import atomic_write
 
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png")
 

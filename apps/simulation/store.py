@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from training.nifti import atomic_write_text
+from training.data.nifti import atomic_write_text
 
 
 def settings_key(obj: Any) -> str:

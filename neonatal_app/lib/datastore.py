@@ -29,16 +29,16 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
-from neonatal_app.lib.state import STATE_DIR, StateStore, now_iso
-from neonatal_app.lib.submission import (
+from strategies.annotate.state import STATE_DIR, StateStore, now_iso
+from strategies.annotate.submission import (
     ANONYMOUS,
     SubmissionRejected,
     check_submission,
     convert_submission,
     remap_segments,
 )
-from training.labels import IGNORE
-from training.nifti import NiftiError, atomic_write_text, load_volume, read_header, save_volume
+from training.data.labels import IGNORE
+from training.data.nifti import NiftiError, atomic_write_text, load_volume, read_header, save_volume
 
 log = logging.getLogger(__name__)
 

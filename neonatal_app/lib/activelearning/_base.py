@@ -6,9 +6,9 @@ from typing import Any
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from neonatal_app.lib.config import AXIS_CHOICES, SELECTION_CHOICES
 from neonatal_app.lib.datastore import http_error
-from neonatal_app.lib.submission import SubmissionRejected
+from strategies.annotate.settings import AXIS_CHOICES, SELECTION_CHOICES
+from strategies.annotate.submission import SubmissionRejected
 
 
 class AnnotationStrategy(Strategy):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from neonatal_app.lib.config import AppConfig, ConfError
 from neonatal_app.lib.infers.segmentation import SegmentationInfer
-from neonatal_app.lib.state import STATE_DIR, StateStore
 from neonatal_app.lib.trainers.segmentation import SegmentationTrainer, publish
+from strategies.annotate.settings import AppConfig, ConfError
+from strategies.annotate.state import STATE_DIR, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class SegmentationConfig:
             src = Path(config.pretrained).expanduser()
             if not src.is_file():
                 raise ConfError(f"--conf pretrained {config.pretrained!r}: file not found (it is never downloaded)")
-            from training.checkpoint import load_checkpoint
+            from training.model.checkpoint import load_checkpoint
 
             load_checkpoint(src)  # refuse a file that is not a neolabel checkpoint before serving it
             publish(src, self.path)

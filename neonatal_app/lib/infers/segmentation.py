@@ -18,7 +18,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from training.labels import OUTER_BACKGROUND, label_map
+from training.data.labels import OUTER_BACKGROUND, label_map
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class SegmentationInfer(InferTask):
 
     def predictor(self):
         """The cached ``Predictor``, reloaded when the published file changed; None before a model exists."""
-        from training.predict import Predictor
+        from training.infer.predict import Predictor
 
         with self._lock:
             try:
@@ -102,7 +102,7 @@ class SegmentationInfer(InferTask):
         return d
 
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        from training.nifti import save_volume
+        from training.data.nifti import save_volume
 
         image = request.get("image")
         if not isinstance(image, str) or not image or not self._in_study_set(image):

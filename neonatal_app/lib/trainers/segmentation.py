@@ -1,8 +1,8 @@
-"""``/train/segmentation``: ``training.train.train`` on the study set's partial labels, then publish.
+"""``/train/segmentation``: ``training.fit.train.train`` on the study set's partial labels, then publish.
 
 One training implementation: this task only gathers the inputs (every image with a ``final``
 label, that label as the partial label, the optional fully labelled validation set, the served
-model as the starting point), calls ``training.train.train`` (masked Dice+CE, annotated-voxel
+model as the starting point), calls ``training.fit.train.train`` (masked Dice+CE, annotated-voxel
 patch sampling) and publishes ``best.pt`` with ``os.replace`` into the model path, where the infer
 task picks it up by mtime. With a validation set the new model is published only if it is not
 worse than the served one on it. A file lock makes sure two trainings never run at once, whoever
@@ -25,9 +25,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 from monailabel.interfaces.tasks.train import TrainTask
 
-from neonatal_app.lib.config import AppConfig
-from neonatal_app.lib.state import STATE_DIR, StateStore
-from training.nifti import atomic_write, atomic_write_text
+from strategies.annotate.settings import AppConfig
+from strategies.annotate.state import STATE_DIR, StateStore
+from training.data.nifti import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class SegmentationTrainer(TrainTask):
 
     # ------------------------------------------------------------------ inputs
     def training_inputs(self, datastore) -> tuple[list, dict[str, Path]]:
-        from training.data import Subject
+        from training.data.dataset import Subject
 
         subjects, partial = [], {}
         for image_id in sorted(datastore.list_images()):
@@ -84,7 +84,7 @@ class SegmentationTrainer(TrainTask):
     def validation_subjects(self) -> list:
         if not self.cfg.validation_dir:
             return []
-        from training.data import open_dataset
+        from training.data.dataset import open_dataset
 
         return open_dataset(self.cfg.validation_dir).with_labels()
 
@@ -105,7 +105,7 @@ class SegmentationTrainer(TrainTask):
         import torch
 
         from training.evaluate import evaluate_checkpoint
-        from training.train import TrainConfig, train
+        from training.fit.train import TrainConfig, train
 
         t0 = time.time()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -123,7 +123,7 @@ class SegmentationTrainer(TrainTask):
             init = self.model_path
         preset = self.cfg.preset
         if init is not None:
-            from training.checkpoint import load_checkpoint
+            from training.model.checkpoint import load_checkpoint
 
             preset = load_checkpoint(init).network.preset  # fine-tune the served architecture
         iters = request.get("iterations_per_epoch")

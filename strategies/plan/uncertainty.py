@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.axes import AXES, axis_frames
+from strategies.plan.axes import AXES, axis_frames
 
 
 class UncertaintyError(ValueError):
@@ -82,8 +82,8 @@ def slice_entropy(
 def slice_scores(probs: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``{axis name: per-slice mean entropy in voxel order}`` for all three anatomical axes.
 
-    This is the ``scores`` form that :func:`strategies.budget.plan_budget` and
-    :func:`strategies.incremental.next_assignment` take for ``selection="uncertainty"``.
+    This is the ``scores`` form that :func:`strategies.plan.budget.plan_budget` and
+    :func:`strategies.plan.incremental.next_assignment` take for ``selection="uncertainty"``.
     """
     e = voxel_entropy(probs)
     frames = axis_frames(affine, e.shape)

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from training.augment import AugmentConfig
 from training.config_dict import config_from_dict
+from training.data.labels import IGNORE, NUM_CLASSES, TISSUE
+from training.data.nifti import atomic_write
+from training.data.preprocess import PreprocessConfig
 from training.evaluate import dice_per_class
-from training.labels import IGNORE, NUM_CLASSES, TISSUE
-from training.network import PRESETS
-from training.nifti import atomic_write
-from training.preprocess import PreprocessConfig
-from training.sampling import SamplingConfig
+from training.fit.augment import AugmentConfig
+from training.fit.sampling import SamplingConfig
+from training.model.network import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class TrainConfig:
         if isinstance(self.sampling, dict):
             d["sampling"] = SamplingConfig.from_dict(self.sampling)
         d["modalities"] = tuple(self.modalities)
-        from training.finetune import FreezeError, check_level
+        from training.fit.finetune import FreezeError, check_level
 
         try:
             d["freeze"] = check_level(self.freeze)
@@ -152,8 +152,8 @@ def _label_source(subject: Any, partial_labels: dict | None) -> Any:
 def load_cases(subjects: Sequence[Any], pcfg: PreprocessConfig, partial_labels: dict | None = None,
                max_candidates: int = 20000, seed: int = 0) -> list:
     """Pre-process every trainable subject once. With ``partial_labels`` only the subjects it names train."""
-    from training.preprocess import preprocess_subject
-    from training.sampling import make_case
+    from training.data.preprocess import preprocess_subject
+    from training.fit.sampling import make_case
 
     cases = []
     for i, s in enumerate(subjects):
@@ -237,18 +237,18 @@ def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress,
     from monai.data import set_track_meta
     from tqdm.auto import tqdm
 
-    from training.augment import build_augmentations
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.loss import MaskedDiceCELoss
-    from training.network import build_network, network_config
-    from training.sampling import PatchDataset
+    from training.fit.augment import build_augmentations
+    from training.fit.loss import MaskedDiceCELoss
+    from training.fit.sampling import PatchDataset
+    from training.model.checkpoint import load_checkpoint, save_checkpoint
+    from training.model.network import build_network, network_config
 
     cfg = cfg.resolved()
     out = Path(out_dir)
     if cfg.freeze == "none":  # transfer level "no fine-tuning": publish the init checkpoint as it is
         if init is None:
             raise TrainError("freeze level 'none' needs an init checkpoint")
-        from training.finetune import copy_without_training
+        from training.fit.finetune import copy_without_training
 
         return copy_without_training(init, out, cfg.to_dict())
     out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +293,7 @@ def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress,
 
     model = build_network(net_cfg).to(device)
     # init weights + freeze level; frozen parameters stay out of the optimiser (no decay, no momentum)
-    from training.finetune import FreezeError, prepare_finetune, trainable_parameters
+    from training.fit.finetune import FreezeError, prepare_finetune, trainable_parameters
 
     try:
         freeze_report = prepare_finetune(model, init, cfg.freeze, net_cfg)
@@ -307,7 +307,7 @@ def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress,
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     age_term = None
     if cfg.age_head:
-        from training.age import AgeTraining
+        from training.model.age import AgeTraining
 
         age_term = AgeTraining.for_cases(model, cases, subjects, cfg.age_weight)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(cfg.epochs, cfg.poly_power))

@@ -10,8 +10,8 @@ groups (only when there are more than 220) are listed under ``unused``.
 Deterministic: ranking is by (scan age, id), so the input order does not matter, and the
 train/test draw uses ``numpy.random.default_rng(seed)`` on the sorted target ids.
 
-Command line: ``python -m training.splits DATA --out split.json [--source-n 100 --target-n 120
---target-train 40 --seed 0]`` (DATA = a dHCP tree or anything ``training.data.open_dataset`` reads).
+Command line: ``python -m training.data.splits DATA --out split.json [--source-n 100 --target-n 120
+--target-train 40 --seed 0]`` (DATA = a dHCP tree or anything ``training.data.dataset.open_dataset`` reads).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def age_split(subjects: Iterable[Any] | Mapping[str, float | None], source_n: in
               target_train: int = 40, seed: int = 0) -> dict:
     """Oldest ``source_n`` as source; youngest ``target_n`` split ``target_train`` / rest (seeded).
 
-    ``subjects``: ``training.data.Subject`` objects (``id``, ``scan_age``), ``{"id", "scan_age"}``
+    ``subjects``: ``training.data.dataset.Subject`` objects (``id``, ``scan_age``), ``{"id", "scan_age"}``
     dicts, ``(id, age)`` pairs or an ``{id: age}`` mapping. Returns a JSON-ready dict with
     ``source``, ``target_train``, ``target_test`` (id lists), ``unused``, ``no_age``, age statistics
     per group and the sizes requested/used.
@@ -128,7 +128,7 @@ def age_split(subjects: Iterable[Any] | Mapping[str, float | None], source_n: in
 
 def write_split(split: dict, out: str | Path) -> Path:
     """Write the split JSON atomically."""
-    from training.nifti import atomic_write_text
+    from training.data.nifti import atomic_write_text
 
     p = Path(out)
     atomic_write_text(p, json.dumps(split, indent=2) + "\n")
@@ -155,7 +155,7 @@ def read_split(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.splits", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m training.data.splits", description=__doc__.split("\n\n")[0])
     ap.add_argument("data", help="study set (dHCP tree with sessions.tsv scan ages, or a synthetic set)")
     ap.add_argument("--out", required=True, help="split JSON to write")
     ap.add_argument("--source-n", type=int, default=100)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-train", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    from training.data import open_dataset
+    from training.data.dataset import open_dataset
 
     try:
         ds = open_dataset(a.data)

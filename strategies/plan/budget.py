@@ -8,7 +8,7 @@ volume; ``slices_per_volume=1`` is the extreme of one slice per volume and overr
 of its three axes, split evenly over the three axes (same slice count per volume as a
 single-axis plan, so conditions use comparable numbers of scans).
 
-Scans are taken in a seeded, age-stratified order (:func:`strategies.selection.scan_order`)
+Scans are taken in a seeded, age-stratified order (:func:`strategies.plan.selection.scan_order`)
 — or by uncertainty when ``selection="uncertainty"`` — and each receives its quota until the
 budget is spent exactly; the last scan may receive fewer. If the scans run out first, the plan
 carries a :class:`Shortfall` that says how many slices are missing and why.
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from strategies.assignment import SliceAssignment
-from strategies.axes import AXES
-from strategies.extents import PlanEntry, check_margin
-from strategies.selection import (
+from strategies.plan.assignment import SliceAssignment
+from strategies.plan.axes import AXES
+from strategies.plan.extents import PlanEntry, check_margin
+from strategies.plan.selection import (
     AXIS_MODES,
     SELECTIONS,
     choose_slices,
@@ -36,7 +36,7 @@ from strategies.selection import (
     volume_axes,
     volume_quota,
 )
-from strategies.uncertainty import remaining_uncertainty
+from strategies.plan.uncertainty import remaining_uncertainty
 
 Scores = Mapping[str, Mapping[str, np.ndarray]]
 """``{image id: {axis name: per-slice score in voxel order}}`` (see ``uncertainty.slice_scores``)."""
@@ -329,7 +329,7 @@ def plan_budget(entries: Sequence[PlanEntry], cfg: BudgetConfig, scores: Scores 
         raise BudgetError(f"cfg must be a BudgetConfig, got {type(cfg).__name__}")
     check_entries(entries)
     if cfg.selection == "uncertainty" and not scores:
-        raise BudgetError("selection 'uncertainty' needs per-slice scores (strategies.uncertainty.slice_scores)")
+        raise BudgetError("selection 'uncertainty' needs per-slice scores (strategies.plan.uncertainty.slice_scores)")
     skipped: list[tuple[str, str]] = []
     usable_entries = []
     capacities = {e.id: volume_capacity(e, cfg) for e in entries}

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from training.config_dict import config_from_dict
-from training.labels import NUM_CLASSES
+from training.data.labels import NUM_CLASSES
 
 
 class NetworkConfigError(ValueError):
@@ -81,7 +81,7 @@ class NetworkConfig:
 
 # filters per level, patch, spacing, max levels; large_windows: whether the fast predictor may run one
 # window much larger than the training patch (instance norm then sees a larger context) — measured per
-# preset with bench/inference.py and held-out scans, see training.predict
+# preset with bench/inference.py and held-out scans, see training.infer.predict
 _PRESETS: dict[str, dict[str, Any]] = {
     # Richter & Fetit 2022: 128³ at 0.5 mm, 6 levels, 32–320 filters, bottleneck 4³.
     # One head window (224×256×224 at 40 w), GPU-trained weights: agreement 0.985 with the paper's settings,
@@ -158,7 +158,7 @@ def build_network(cfg: NetworkConfig):  # -> monai.networks.nets.DynUNet
         trans_bias=True,
     )
     if cfg.age_head:
-        from training.age import attach_age_head
+        from training.model.age import attach_age_head
 
         attach_age_head(net)
     return net

@@ -1,6 +1,6 @@
 """The annotation process of one study set: which scan and slices next, leases, budget, rounds.
 
-Adapter only: the decisions are ``strategies.incremental.next_assignment`` / ``record_submission``
+Adapter only: the decisions are ``strategies.plan.incremental.next_assignment`` / ``record_submission``
 over an ``AssignmentState`` that is persisted in ``<studies>/.neolabel/state.json``. This module
 gathers what they need (plan entries with each scan's brain slices, per-slice uncertainty scores
 from the served model, kept up to date in the background by ``ModelOutputs``), writes the
@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from neonatal_app.lib.config import STRATEGY_KEYS, AppConfig, ConfError
-from neonatal_app.lib.model_outputs import ModelOutputs
-from neonatal_app.lib.state import STATE_DIR, StateStore, image_record
-from neonatal_app.lib.submission import ANONYMOUS, SubmissionRejected, SubmissionResult
-from strategies.assignment import SliceAssignment
-from strategies.budget import BudgetConfig
-from strategies.extents import ExtentCache, PlanEntry, entry_from_arrays
-from strategies.incremental import AssignmentState, new_state, next_assignment, record_submission
-from training.nifti import load_volume, read_header
+from strategies.annotate.model_outputs import ModelOutputs
+from strategies.annotate.settings import STRATEGY_KEYS, AppConfig, ConfError
+from strategies.annotate.state import STATE_DIR, StateStore, image_record
+from strategies.annotate.submission import ANONYMOUS, SubmissionRejected, SubmissionResult
+from strategies.plan.assignment import SliceAssignment
+from strategies.plan.budget import BudgetConfig
+from strategies.plan.extents import ExtentCache, PlanEntry, entry_from_arrays
+from strategies.plan.incremental import AssignmentState, new_state, next_assignment, record_submission
+from training.data.nifti import load_volume, read_header
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class AnnotationService:
         return label
 
     def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
-        """Per-slice predictive entropy (``strategies.uncertainty.slice_scores``) of the scans a model has
+        """Per-slice predictive entropy (``strategies.plan.uncertainty.slice_scores``) of the scans a model has
         processed, the newest model's first; scans without are ranked last by the strategy."""
         if not self.outputs.has_model():
             return None
@@ -297,7 +297,7 @@ class AnnotationService:
 
     def write_original(self, image_id: str, assignments: list[SliceAssignment]) -> str:
         """Store the ``original`` label: model pre-segmentation on the assigned slices, 0 elsewhere."""
-        from strategies.masks import assignment_mask
+        from strategies.annotate.masks import assignment_mask
 
         shape, affine = read_header(self.datastore.get_image_uri(image_id))
         mask = assignment_mask(shape, assignments)

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from training.labels import LABEL_VERSION, class_table
-from training.network import NetworkConfig, build_network
-from training.nifti import atomic_write
-from training.preprocess import PreprocessConfig
+from training.data.labels import LABEL_VERSION, class_table
+from training.data.nifti import atomic_write
+from training.data.preprocess import PreprocessConfig
+from training.model.network import NetworkConfig, build_network
 
 CHECKPOINT_VERSION = 1
 FORMAT = "neolabel-checkpoint"

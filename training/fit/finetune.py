@@ -19,7 +19,7 @@ decoder block that outputs that level, its deep-supervision head and, at level 0
 
 With a 4-level network (the ``tiny`` and ``cpu`` presets) ``deep`` already reaches level 0, so it
 equals ``full``; with the 6-level ``paper`` preset the two outer levels stay frozen at ``deep``.
-An age head (``training.age``) sits on the bottleneck and trains whenever the bottleneck does.
+An age head (``training.model.age``) sits on the bottleneck and trains whenever the bottleneck does.
 
 Frozen parameters get ``requires_grad = False`` *and* must be left out of the optimiser
 (:func:`trainable_parameters`): then neither weight decay nor momentum can move them. Our
@@ -206,7 +206,7 @@ def load_init_weights(model: nn.Module, init: str | os.PathLike, network_cfg: An
     checkpoint into an AgeU-Net leaves the (new) age head randomly initialised; a checkpoint's age
     head is dropped when the target network has none.
     """
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(init)
     if network_cfg is not None:
@@ -257,13 +257,13 @@ def iter_frozen(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
 def copy_without_training(init: str | os.PathLike, out_dir: str | os.PathLike, train_config: dict) -> Any:
     """Freeze level ``none``: publish the init checkpoint unchanged as ``best.pt``/``last.pt`` (epoch 0).
 
-    Returns a :class:`training.train.TrainResult`, so "no fine-tuning" flows through the same
+    Returns a :class:`training.fit.train.TrainResult`, so "no fine-tuning" flows through the same
     evaluation and publishing path as every other level.
     """
     from pathlib import Path
 
-    from training.checkpoint import load_checkpoint, save_checkpoint
-    from training.train import TrainResult
+    from training.fit.train import TrainResult
+    from training.model.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(init)
     out = Path(out_dir)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.labels import IGNORE, NUM_CLASSES
+from training.data.labels import IGNORE, NUM_CLASSES
 
 
 def deep_supervision_weights(n_outputs: int) -> list[float]:

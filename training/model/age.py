@@ -7,7 +7,7 @@ connected) and trained ``loss = segmentation loss + α · MSE(age)`` with ``α =
   features, global average pooling (any window size works), linear layer → one number.
 * **Attachment** (:func:`attach_age_head`): the head is a child module ``age_head`` of the
   DynUNet and reads the bottleneck through a *forward hook* on the module that
-  :func:`training.finetune.unet_levels` finds by walking the topology (no parameter names).
+  :func:`training.fit.finetune.unet_levels` finds by walking the topology (no parameter names).
   ``model(x)`` is unchanged (segmentation output only), so training, validation, the Predictor
   and checkpoints work as before; :func:`forward_with_age` returns ``(segmentation, age)``.
   ``NetworkConfig.age_head = True`` makes ``build_network`` attach it, so checkpoints round-trip.
@@ -98,7 +98,7 @@ def _bottleneck_channels(model: nn.Module, bottleneck: nn.Module) -> int:
 
 def attach_age_head(model: nn.Module, hidden: int | None = None) -> nn.Module:
     """Give a DynUNet an ``age_head`` fed by a forward hook on its bottleneck (found structurally)."""
-    from training.finetune import unet_levels
+    from training.fit.finetune import unet_levels
 
     if has_age_head(model):
         return model
@@ -139,7 +139,7 @@ class AgeTraining:
     """The train-step hook: adds ``α · MSE(age)`` to the segmentation loss for a batch of patches.
 
     ``case_ages[i]`` is the scan age (weeks) of training case ``i``; batches carry ``"case"``
-    (the case index each patch came from, see ``training.sampling.PatchDataset``).
+    (the case index each patch came from, see ``training.fit.sampling.PatchDataset``).
     """
 
     def __init__(self, model: nn.Module, case_ages: Sequence[float], alpha: float = DEFAULT_AGE_WEIGHT) -> None:
@@ -254,7 +254,7 @@ class AgeReport:
 def evaluate_age(model: nn.Module, subjects: Sequence[Any], preprocess_cfg: Any, patch_size: Sequence[int],
                  overlap: float = 0.5, device: str | torch.device | None = None) -> AgeReport:
     """Predict the scan age of every subject that has one and report MAE/MSE in weeks."""
-    from training.preprocess import preprocess_subject
+    from training.data.preprocess import preprocess_subject
 
     with_age = [s for s in subjects if getattr(s, "scan_age", None) is not None]
     if not with_age:
@@ -271,7 +271,7 @@ def evaluate_age(model: nn.Module, subjects: Sequence[Any], preprocess_cfg: Any,
 def evaluate_age_checkpoint(ckpt: Any, subjects: Sequence[Any], overlap: float = 0.5,
                             device: str | None = None) -> AgeReport:
     """:func:`evaluate_age` for a checkpoint of an AgeU-Net (``NetworkConfig.age_head``)."""
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpt, map_location=device or "cpu")
     if not has_age_head(ck.model):
@@ -281,7 +281,7 @@ def evaluate_age_checkpoint(ckpt: Any, subjects: Sequence[Any], overlap: float =
 
 def age_report_for(ckpt: Any, subjects: Sequence[Any], device: str | None = None) -> AgeReport | None:
     """Scan-age report when ``ckpt`` is an AgeU-Net and some subjects have an age; else ``None`` (for CLIs)."""
-    from training.checkpoint import load_checkpoint
+    from training.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpt, map_location=device or "cpu")
     if not has_age_head(ck.model) or not any(getattr(s, "scan_age", None) is not None for s in subjects):

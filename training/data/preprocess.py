@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 
 from training.config_dict import config_from_dict
-from training.labels import IGNORE, OUTER_BACKGROUND, validate_label
-from training.nifti import Volume, load_volume
+from training.data.labels import IGNORE, OUTER_BACKGROUND, validate_label
+from training.data.nifti import Volume, load_volume
 
 
 class PreprocessError(ValueError):
@@ -199,7 +199,7 @@ _SUBJECT_LABEL = object()
 
 
 def preprocess_subject(subject: Any, cfg: PreprocessConfig, label: Any = _SUBJECT_LABEL) -> Preprocessed:
-    """``preprocess`` for a ``training.data.Subject``; ``label`` defaults to the subject's dense label."""
+    """``preprocess`` for a ``training.data.dataset.Subject``; ``label`` defaults to the subject's dense label."""
     images = [subject.modality(m) for m in cfg.modalities]
     if label is _SUBJECT_LABEL:
         label = subject.label

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from training.labels import BRAIN, NUM_CLASSES
-from training.nifti import atomic_write_text, save_volume
+from training.data.labels import BRAIN, NUM_CLASSES
+from training.data.nifti import atomic_write_text, save_volume
 
 DEFAULT_SHAPE: tuple[int, int, int] = (54, 72, 72)
 DEFAULT_SPACING: float = 2.0

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from strategies.axes import AXES
-from strategies.extents import PlanEntry
-from strategies.uncertainty import rank_slices
+from strategies.plan.axes import AXES
+from strategies.plan.extents import PlanEntry
+from strategies.plan.uncertainty import rank_slices
 
 SELECTIONS: tuple[str, ...] = ("equidistant", "random", "uncertainty")
 AXIS_MODES: tuple[str, ...] = (*AXES, "random", "mixed")

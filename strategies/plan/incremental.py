@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from strategies.assignment import SliceAssignment
-from strategies.budget import (
+from strategies.plan.assignment import SliceAssignment
+from strategies.plan.budget import (
     BudgetConfig,
     BudgetError,
     Scores,
@@ -35,7 +35,7 @@ from strategies.budget import (
     volume_assignments,
     volume_capacity,
 )
-from strategies.extents import PlanEntry
+from strategies.plan.extents import PlanEntry
 
 
 class StateError(ValueError):

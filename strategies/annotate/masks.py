@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from strategies.assignment import SliceAssignment
-from training.labels import IGNORE, validate_label
+from strategies.plan.assignment import SliceAssignment
+from training.data.labels import IGNORE, validate_label
 
 
 class MaskError(ValueError):

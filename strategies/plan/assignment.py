@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from strategies.axes import AXES, AxisError, anatomical_axes
+from strategies.plan.axes import AXES, AxisError, anatomical_axes
 
 FIELDS: tuple[str, ...] = (
     "image",

@@ -4,20 +4,20 @@ One :class:`Predictor` serves ``neolabel infer``, the MONAI Label infer task and
 evaluation. Two settings families exist:
 
 * ``fast=True`` (default): crop to the head (+ 2 mm), then — for networks whose preset was measured
-  to keep its accuracy that way (``training.network.large_windows_safe``: the paper network) — as
+  to keep its accuracy that way (``training.model.network.large_windows_safe``: the paper network) — as
   few, as large windows as memory allows (``plan_roi``; one window for a dHCP-size head on CPU,
   grown to real image context instead of zero padding), each at least the training patch; other
   networks get windows of the training patch size with gaussian blending at overlap 0.125 (the
   cpu preset lost tissue Dice with one whole-head window); bf16 autocast where the device runs it fast
   (checked per window: a non-finite output is recomputed in fp32; softmax is always fp32),
-  instance norm through the batch-norm kernels (``training.norms``), channels-last 3D memory
+  instance norm through the batch-norm kernels (``training.model.norms``), channels-last 3D memory
   format, ``torch.inference_mode``, windows without foreground skipped. Every choice was measured
   (``bench/inference.py``; numbers in ``docs/STATUS.md``). ``large_windows=True/False`` overrides
   the preset's choice.
 * ``fast=False``: the paper's settings (roi = training patch, overlap 0.5, constant blending,
   sw_batch 1, fp32, every window) as the baseline that the fast settings are compared against.
 
-The network sees the preprocessed array (RAS, head crop, normalised: ``training.preprocess``);
+The network sees the preprocessed array (RAS, head crop, normalised: ``training.data.preprocess``);
 ``restore`` puts the result back, so the output always has the input's shape and affine whatever
 its orientation. Only the full-resolution output of the deep-supervision DynUNet is used (in eval
 mode DynUNet returns only that one).
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import labels as L
-from training.network import large_windows_safe
-from training.nifti import Volume, read_header, save_volume
-from training.norms import with_fast_instance_norm
+from training.data import labels as L
+from training.data.nifti import Volume, read_header, save_volume
+from training.model.network import large_windows_safe
+from training.model.norms import with_fast_instance_norm
 
 __all__ = [
     "InferenceSettings",
@@ -237,7 +237,7 @@ def _as_list(images: Any) -> list:
 class Predictor:
     """Segment whole volumes with a trained network; the one inference path of the project.
 
-    ``images`` everywhere is a sequence of NIfTI paths or :class:`~training.nifti.Volume` in the
+    ``images`` everywhere is a sequence of NIfTI paths or :class:`~training.data.nifti.Volume` in the
     order of ``preprocess_cfg.modalities`` (T2w first); a single path/volume is accepted too.
     Keyword overrides (``roi_size``, ``overlap``, ``blend``, ``precision``, ``skip_empty``, ``tta``,
     ``sw_batch_size``, ``channels_last``, ...) replace fields of the chosen settings family.
@@ -316,8 +316,8 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device | None = None, fast: bool = True, **overrides: Any
     ) -> Predictor:
-        """Load a checkpoint written by ``training.checkpoint.save_checkpoint``."""
-        from training.checkpoint import load_checkpoint
+        """Load a checkpoint written by ``training.model.checkpoint.save_checkpoint``."""
+        from training.model.checkpoint import load_checkpoint
 
         ck = load_checkpoint(path, map_location="cpu")
         return cls(ck.model, ck.network, ck.preprocess, device=device, fast=fast, **overrides)
@@ -465,7 +465,7 @@ class Predictor:
         )
 
     def _preprocess(self, images: Any):
-        from training.preprocess import preprocess
+        from training.data.preprocess import preprocess
 
         items = _as_list(images)
         if not items:
@@ -551,7 +551,7 @@ class Predictor:
 
     def predict_probabilities(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (K, X, Y, Z) float32 on the input's grid (background 1 outside the head)."""
-        from training.preprocess import restore
+        from training.data.preprocess import restore
 
         logits, sl, meta, shape, affine = self._run(images)
         t = time.perf_counter()
@@ -567,7 +567,7 @@ class Predictor:
 
     def predict(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
         """Label volume (X, Y, Z) uint8 in the input's grid and its affine (the input's affine)."""
-        from training.preprocess import restore
+        from training.data.preprocess import restore
 
         logits, sl, meta, shape, affine = self._run(images)
         t = time.perf_counter()

@@ -5,7 +5,7 @@ image says which slices were asked for: an assigned slice with any painted (non-
 accepted (its 0 voxels then mean "outer background"), an assigned slice with no paint stays
 un-annotated (255), and paint outside the assigned slices is counted and ignored. A label that
 already holds 255 (bulk import of partial labels) is taken as is. The result is merged with the
-image's earlier rounds (``strategies.masks.merge_partial``: newer wins where both annotated).
+image's earlier rounds (``strategies.annotate.masks.merge_partial``: newer wins where both annotated).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from strategies.assignment import SliceAssignment
-from strategies.masks import assignment_mask, merge_partial, partial_label
-from training.labels import CLASSES, IGNORE, LabelError, validate_label
+from strategies.annotate.masks import assignment_mask, merge_partial, partial_label
+from strategies.plan.assignment import SliceAssignment
+from training.data.labels import CLASSES, IGNORE, LabelError, validate_label
 
 ANONYMOUS = "anonymous"  # client id of a submission that names none
 
@@ -79,7 +79,7 @@ def remap_segments(label: np.ndarray, label_info: Any) -> np.ndarray:
 
     Slicer numbers the exported segments by their position (``idx``), not by class; the plugin sends
     ``[{"name": segment name, "idx": value}, ...]`` with the upload. Names are matched against the class
-    keys and names of ``training.labels``. A painted segment whose name is not a class is refused.
+    keys and names of ``training.data.labels``. A painted segment whose name is not a class is refused.
     """
     if not label_info:
         return label

@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from training.nifti import atomic_write_text
+from training.data.nifti import atomic_write_text
 
 STATE_VERSION = 1
 STATE_DIR = ".neolabel"

@@ -2,7 +2,7 @@
 
 Planning runs on :class:`PlanEntry` metadata only, so a plan over hundreds of dHCP volumes never
 touches voxel data. Building an entry loads the brain mask (or the label, classes
-``training.labels.BRAIN``) once; :class:`ExtentCache` keeps the result in a JSON file keyed by
+``training.data.labels.BRAIN``) once; :class:`ExtentCache` keeps the result in a JSON file keyed by
 the file's absolute path, modification time and size, so later plans load nothing.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from strategies.axes import AXES, AxisError, axis_frames, check_axis_name
-from training.labels import BRAIN
+from strategies.plan.axes import AXES, AxisError, axis_frames, check_axis_name
+from training.data.labels import BRAIN
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def brain_slices_from_mask(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int
 
 
 def brain_mask_from_label(label: np.ndarray) -> np.ndarray:
-    """Voxels whose class is one of ``training.labels.BRAIN`` (255 = not annotated is not brain)."""
+    """Voxels whose class is one of ``training.data.labels.BRAIN`` (255 = not annotated is not brain)."""
     return np.isin(np.asarray(label), np.asarray(BRAIN))
 
 
@@ -237,7 +237,7 @@ class ExtentCache:
         """``(shape, brain slices per voxel axis, affine)`` for a mask (``kind="mask"``) or label file."""
         if kind not in ("mask", "label"):
             raise ExtentError(f"unknown brain source kind {kind!r}")
-        from training.nifti import load_volume
+        from training.data.nifti import load_volume
 
         p = Path(path)
         name, stamp = self._key(p)
@@ -263,7 +263,7 @@ class ExtentCache:
 
     def header(self, path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
         """``(shape, affine)`` of an image file, from the cache when the file is unchanged."""
-        from training.nifti import read_header
+        from training.data.nifti import read_header
 
         p = Path(path)
         name, stamp = self._key(p)
@@ -280,7 +280,7 @@ class ExtentCache:
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        from training.nifti import atomic_write_text
+        from training.data.nifti import atomic_write_text
 
         try:
             atomic_write_text(self.path, json.dumps({"version": CACHE_VERSION, "files": self._data}))
@@ -303,7 +303,7 @@ def entries_from_dataset(
     source: str = "auto",
     subjects: Sequence[Any] | None = None,
 ) -> tuple[list[PlanEntry], list[tuple[str, str]]]:
-    """Plan entries for a ``training.data.Dataset`` (or its ``subjects``), each volume read at most once.
+    """Plan entries for a ``training.data.dataset.Dataset`` (or its ``subjects``), each volume read at most once.
 
     ``source``: ``"mask"`` (brain mask file), ``"label"`` (drawem9 label, BRAIN classes) or
     ``"auto"`` (brain mask if present, else label: the brain mask exists for unlabelled scans too,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from training.config_dict import config_from_dict
-from training.labels import IGNORE, TISSUE
+from training.data.labels import IGNORE, TISSUE
 
 
 @dataclass(frozen=True)

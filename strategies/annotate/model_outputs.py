@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from neonatal_app.lib.state import STATE_DIR
-from strategies.extents import PlanEntry, entry_from_arrays
-from training.labels import BRAIN
+from strategies.annotate.state import STATE_DIR
+from strategies.plan.extents import PlanEntry, entry_from_arrays
+from training.data.labels import BRAIN
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ScanOutputs:
 
     def label(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's label (uint8) and its affine."""
-        from training.nifti import load_volume
+        from training.data.nifti import load_volume
 
         v = load_volume(self.label_path)
         return np.asarray(v.data, dtype=np.uint8), v.affine
@@ -108,7 +108,7 @@ class ModelOutputs:
 
     def current_label(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The served model's label of a scan (uint8, affine); recomputed if its cache file is unreadable."""
-        from training.nifti import NiftiError
+        from training.data.nifti import NiftiError
 
         for _ in range(2):
             out = self.current(image_id)
@@ -185,7 +185,7 @@ class ModelOutputs:
             log.info("model outputs: %d scans brought to the served model in %.1f s", done, time.perf_counter() - t0)
 
     def _compute(self, image_id: str) -> ScanOutputs | None:
-        from strategies.uncertainty import slice_scores
+        from strategies.plan.uncertainty import slice_scores
 
         with self._compute_lock:
             version, pred = self._model_version(), self._predictor()
@@ -218,7 +218,7 @@ class ModelOutputs:
 
     def _save(self, image_id: str, version: str, label: np.ndarray, affine: np.ndarray, entry: PlanEntry,
               scores: dict[str, np.ndarray]) -> ScanOutputs:
-        from training.nifti import atomic_write, atomic_write_text, save_volume
+        from training.data.nifti import atomic_write, atomic_write_text, save_volume
 
         label_path, stamp, scores_path = self._paths(image_id)
         # the stamp last: a crash before it leaves the old stamp, which no longer matches the scores' version
@@ -228,7 +228,7 @@ class ModelOutputs:
         return ScanOutputs(version, label_path, entry, scores)
 
     def _load(self, image_id: str) -> ScanOutputs | None:
-        from training.nifti import load_volume
+        from training.data.nifti import load_volume
 
         label, stamp, scores = self._paths(image_id)
         try:

@@ -1,0 +1,1 @@
+"""Pure, seeded planning (numpy + nibabel): same config + seed = same plan."""

@@ -1,0 +1,1 @@
+"""Stage 3, inference: settings, window planning and the sliding-window predictor."""
