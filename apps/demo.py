@@ -91,7 +91,7 @@ def bootstrap_model(
     from neonatal_app.lib.trainers.segmentation import publish
     from training.data import labels as L
     from training.data.dataset import open_dataset
-    from training.evaluate import evaluate_checkpoint
+    from training.evaluate.segmentation import evaluate_checkpoint
     from training.fit.train import TrainConfig, train
 
     train_subjects = open_dataset(demo.train).with_labels()

@@ -28,7 +28,7 @@ def main() -> None:
 
     from training.data.dataset import open_dataset
     from training.data.nifti import load_volume
-    from training.evaluate import dice_per_class, tissue_mean
+    from training.evaluate.segmentation import dice_per_class, tissue_mean
     from training.infer.predict import Predictor
 
     torch.set_num_threads(2)

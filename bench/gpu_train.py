@@ -122,7 +122,7 @@ def inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float
 
     from training.data.nifti import Volume
     from training.data.synthetic import generate_subject
-    from training.evaluate import dice_per_class
+    from training.evaluate.segmentation import dice_per_class
     from training.infer.predict import Predictor
 
     s = generate_subject(40.0, seed=7, shape=shape, spacing=spacing)  # bench/inference.py's volume

@@ -181,7 +181,7 @@ def quick_train(
 
 
 def dice_summary(pred: np.ndarray, ref: np.ndarray) -> dict:
-    from training.evaluate import dice_per_class, tissue_mean
+    from training.evaluate.segmentation import dice_per_class, tissue_mean
 
     d = dice_per_class(pred, ref)
     vals = [v for v in d.values() if not math.isnan(v)]

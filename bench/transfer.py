@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.labels import NUM_CLASSES, TISSUE, class_names
     from training.data.splits import age_split, write_split
     from training.data.synthetic import write_study_set
-    from training.evaluate import evaluate_checkpoint
+    from training.evaluate.segmentation import evaluate_checkpoint
     from training.fit.train import TrainConfig, train
 
     torch.set_num_threads(a.threads)

@@ -28,7 +28,7 @@ def evaluate(
 
     from training.data.dataset import DatasetError, open_dataset
     from training.data.nifti import NiftiError, atomic_write_text
-    from training.evaluate import EvaluationError, evaluate_checkpoint
+    from training.evaluate.segmentation import EvaluationError, evaluate_checkpoint
     from training.infer.predict import PredictError
     from training.model.checkpoint import CheckpointError
 

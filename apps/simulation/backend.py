@@ -154,7 +154,7 @@ def _result_checkpoint(result: Any, out_dir: Path) -> Path:
 
 
 def scores_from_report(report: Any, seconds: float = math.nan) -> Scores:
-    """Convert a :class:`training.evaluate.EvaluationReport`."""
+    """Convert a :class:`training.evaluate.segmentation.EvaluationReport`."""
     return Scores(
         dice=dict(report.mean_dice),
         hd95=dict(report.mean_hd95),
@@ -167,8 +167,8 @@ def scores_from_report(report: Any, seconds: float = math.nan) -> Scores:
 
 
 def real_evaluate(checkpoint: Path, subjects: Sequence[Any]) -> Scores:
-    """Dice per class, tissue mean and HD95 on dense test labels via :func:`training.evaluate.evaluate_checkpoint`."""
-    from training.evaluate import evaluate_checkpoint
+    """Dice per class, tissue mean and HD95 on dense test labels (``evaluate_checkpoint``)."""
+    from training.evaluate.segmentation import evaluate_checkpoint
 
     t0 = time.perf_counter()
     report = evaluate_checkpoint(checkpoint, list(subjects), device="cpu", hd95=True)

@@ -32,7 +32,7 @@ from training.config_dict import config_from_dict
 from training.data.labels import IGNORE, NUM_CLASSES, TISSUE
 from training.data.nifti import atomic_write
 from training.data.preprocess import PreprocessConfig
-from training.evaluate import dice_per_class
+from training.evaluate.segmentation import dice_per_class
 from training.fit.augment import AugmentConfig
 from training.fit.sampling import SamplingConfig
 from training.model.network import PRESETS

@@ -104,7 +104,7 @@ class SegmentationTrainer(TrainTask):
     def _train(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         import torch
 
-        from training.evaluate import evaluate_checkpoint
+        from training.evaluate.segmentation import evaluate_checkpoint
         from training.fit.train import TrainConfig, train
 
         t0 = time.time()

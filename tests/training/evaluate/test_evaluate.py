@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.data import labels as L
-from training.evaluate import EvaluationError, dice_per_class, evaluate_arrays, hd95_per_class, tissue_mean
+from training.evaluate.segmentation import EvaluationError, dice_per_class, evaluate_arrays, hd95_per_class, tissue_mean
 
 
 def _label(shape=(24, 26, 22), seed=0) -> np.ndarray:

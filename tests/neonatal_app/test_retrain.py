@@ -119,7 +119,7 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tm
 
     from test_app_strategies import make_model
 
-    import training.evaluate as ev
+    import training.evaluate.segmentation as ev
     import training.fit.train as tr
     from neonatal_app.lib.configs.segmentation import model_path
 

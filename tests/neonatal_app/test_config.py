@@ -9,7 +9,7 @@ import typer
 
 from strategies.annotate.settings import AppConfig, ConfError, conf_table_markdown
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_typed_values():
