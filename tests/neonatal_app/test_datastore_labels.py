@@ -9,14 +9,13 @@ import threading
 
 import numpy as np
 import pytest
-from app_helpers import assigned_mask, inprocess_app, inprocess_server, oracle, painted, served_copy, snapshot
 
 from training.data.labels import IGNORE
 from training.data.nifti import load_volume, save_volume
 
 
 @pytest.fixture()
-def studies(synth_root, tmp_path):
+def studies(served_copy, synth_root, tmp_path):
     return served_copy(synth_root, tmp_path)
 
 
@@ -26,7 +25,8 @@ def _put(client, image_id, path_or_bytes, tag=None, name="label.nii.gz", params=
     return client.put(url, files={"label": (name, body)}, data={"params": json.dumps(params or {"client_id": "alice"})})
 
 
-def test_bad_inputs_are_refused_and_change_nothing(studies, synth_root, tmp_path):
+def test_bad_inputs_are_refused_and_change_nothing(assigned_mask, inprocess_app, oracle, painted, snapshot, studies,
+        synth_root, tmp_path):
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         image_id, slices = a["id"], a["slices"]
@@ -99,7 +99,8 @@ def test_bad_inputs_are_refused_and_change_nothing(studies, synth_root, tmp_path
         assert np.all(stored[~m] == IGNORE) and np.array_equal(stored[m], ref.data[m])
 
 
-def test_unpainted_slices_return_to_budget_and_bulk_import(studies, synth_root, tmp_path):
+def test_unpainted_slices_return_to_budget_and_bulk_import(assigned_mask, inprocess_app, oracle, painted, studies,
+        synth_root, tmp_path):
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         image_id, s = a["id"], a["slices"][0]
@@ -126,7 +127,7 @@ def test_unpainted_slices_return_to_budget_and_bulk_import(studies, synth_root, 
         assert np.array_equal(load_volume(studies / "labels" / "final" / f"{other}.nii.gz").data, part)
 
 
-def test_twenty_concurrent_saves(studies, synth_root, tmp_path):
+def test_twenty_concurrent_saves(inprocess_server, oracle, studies, synth_root, tmp_path):
     """20 threads upload partial labels (each a different coronal slab) over 4 scans through a real server."""
     from monailabel.client import MONAILabelClient
 
@@ -173,7 +174,8 @@ def test_twenty_concurrent_saves(studies, synth_root, tmp_path):
         assert len(list((studies / ".neolabel" / "submissions" / image_id).glob("*.nii.gz"))) == 5
 
 
-def test_slicer_segment_numbering_is_mapped_back_to_classes(studies, synth_root, tmp_path):
+def test_slicer_segment_numbering_is_mapped_back_to_classes(assigned_mask, inprocess_app, oracle, painted, studies,
+        synth_root, tmp_path):
     """Slicer exports segment *positions* (idx) and sends their names in params.label_info."""
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
@@ -200,7 +202,8 @@ def test_slicer_segment_numbering_is_mapped_back_to_classes(studies, synth_root,
         assert np.array_equal(stored[m], ref.data[m])
 
 
-def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_path, monkeypatch):
+def test_a_crash_mid_save_leaves_the_previous_state(inprocess_app, oracle, painted, studies, synth_root, tmp_path,
+        monkeypatch):
     """The label file, the datastore JSON and the state are each replaced atomically: a failure while
     writing the new label leaves the previous label, valid JSON and no temporary files."""
     import os
@@ -241,7 +244,8 @@ def test_a_crash_mid_save_leaves_the_previous_state(studies, synth_root, tmp_pat
         assert not list((studies / "labels" / "final").glob(".tmp-*"))
 
 
-def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_annotation(studies, synth_root, tmp_path):
+def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_annotation(inprocess_app, oracle,
+        painted, snapshot, studies, synth_root, tmp_path):
     """The plugin loads `original` only with params.label_names; submitting it unedited annotates nothing."""
     from neonatal_app.lib.infers.segmentation import slicer_label_map
 
@@ -288,7 +292,7 @@ def test_slice_left_as_pre_segmented_goes_back_to_the_budget():
     assert np.all(res.partial[:, :, 1] == IGNORE) and res.partial[2, 2, 4] == 5
 
 
-def test_image_upload_never_overwrites_or_escapes(studies, tmp_path):
+def test_image_upload_never_overwrites_or_escapes(inprocess_app, snapshot, studies, tmp_path):
     """Stock PUT /datastore/image: ids are checked, existing scans are not overwritten, non-NIfTI refused."""
     with inprocess_app(studies) as (client, _app):
         existing = sorted(client.get("/datastore/?output=all").json()["objects"])[0]
@@ -310,7 +314,8 @@ def test_image_upload_never_overwrites_or_escapes(studies, tmp_path):
         assert r.status_code == 200 and "fresh" in client.get("/datastore/?output=all").json()["objects"]
 
 
-def test_painting_off_the_assigned_slices_is_refused_but_kept(studies, synth_root, tmp_path, monkeypatch):
+def test_painting_off_the_assigned_slices_is_refused_but_kept(inprocess_app, oracle, painted, snapshot, studies,
+        synth_root, tmp_path, monkeypatch):
     """Refused for training, yet kept aside with the reason (bounded per scan); the datastore is unchanged."""
     import neonatal_app.lib.datastore as ds
 

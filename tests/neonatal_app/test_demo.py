@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from app_helpers import inprocess_app
 
-
-def test_demo_is_generated_once_bootstrapped_and_served(tmp_path):
+def test_demo_is_generated_once_bootstrapped_and_served(inprocess_app, tmp_path):
     from apps.demo import bootstrap_model, prepare_demo
     from apps.studies import servable_studies
     from neonatal_app.lib.configs.segmentation import model_path
@@ -41,9 +39,8 @@ def test_demo_is_generated_once_bootstrapped_and_served(tmp_path):
         assert "segmentation" in info["models"] and info["budget"]["scans_total"] == 2
 
 
-def test_serve_prepare_only_reuses_the_demo_and_sets_up_monailabel(tmp_path):
+def test_serve_prepare_only_reuses_the_demo_and_sets_up_monailabel(make_model, tmp_path):
     import typer
-    from test_app_strategies import make_model
     from typer.testing import CliRunner
 
     from apps.commands.serve import serve

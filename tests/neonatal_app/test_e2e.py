@@ -17,7 +17,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from app_helpers import SERVER_ENV, assigned_mask, free_port, oracle, painted, served_copy
 
 from training.data.labels import IGNORE
 from training.data.nifti import load_volume, save_volume
@@ -38,11 +37,11 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 
 
 @pytest.fixture()
-def server(synth_root, tmp_path):
+def server(server_env, free_port, served_copy, synth_root, tmp_path):
     studies = served_copy(synth_root, tmp_path)
     port = free_port()
     # no PYTHONPATH: the installed `neolabel serve` must start MONAI Label's train subprocess without one
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **SERVER_ENV, "OMP_NUM_THREADS": "2"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **server_env, "OMP_NUM_THREADS": "2"}
     cmd = [sys.executable, "-m", "apps.commands.serve", "--studies", str(studies), "--port", str(port),
            "--conf", "preset", "tiny", "--conf", "budget_total_slices", "200", "--conf", "budget_dispersion", "0.2",
            "--conf", "epochs", "1"]
@@ -65,13 +64,13 @@ def server(synth_root, tmp_path):
         log.close()
 
 
-def _submit(client, image_id, slices, ref, tmp_path, name):
+def _submit(painted, client, image_id, slices, ref, tmp_path, name):
     path = tmp_path / f"{name}.nii.gz"
     save_volume(path, painted(ref, slices), ref.affine, np.uint8)
     return client.save_label(image_id, str(path), params={"label_info": []})
 
 
-def test_full_round_trip(server, synth_root, tmp_path):
+def test_full_round_trip(assigned_mask, oracle, painted, server, synth_root, tmp_path):
     from monailabel.client import MONAILabelClient
 
     url, studies, _ = server
@@ -96,7 +95,7 @@ def test_full_round_trip(server, synth_root, tmp_path):
     assert original.data[mask].any()  # the assignment is visible
 
     ref = oracle(synth_root, image_id)
-    res = _submit(alice, image_id, slices, ref, tmp_path, "r1")
+    res = _submit(painted, alice, image_id, slices, ref, tmp_path, "r1")
     assert res["slices_accepted"] == sum(len(s["indices"]) for s in slices)
     assert res["ignored_voxels_outside_assignment"] > 0
     stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
@@ -132,7 +131,7 @@ def test_full_round_trip(server, synth_root, tmp_path):
         b = alice.next_sample("budget", {})
         assert b.get("id"), "budget ran out before the second round"
         ref_b = oracle(synth_root, b["id"])
-        _submit(alice, b["id"], b["slices"], ref_b, tmp_path, f"{b['id']}-{b['round']}")
+        _submit(painted, alice, b["id"], b["slices"], ref_b, tmp_path, f"{b['id']}-{b['round']}")
         if b["round"] >= 1:
             second = b
             break

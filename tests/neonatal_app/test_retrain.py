@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import inprocess_app, oracle, painted, served_copy
 
 from strategies.annotate.retrain import RetrainTriggers
 from training.data.nifti import save_volume
@@ -78,7 +77,7 @@ def test_schedule_calls_training():
     assert not t.on_schedule()  # nothing new since: the tick does not train
 
 
-def test_app_triggers_on_the_nth_saved_label(synth_root, tmp_path):
+def test_app_triggers_on_the_nth_saved_label(inprocess_app, oracle, painted, served_copy, synth_root, tmp_path):
     studies = served_copy(synth_root, tmp_path)
     with inprocess_app(studies, {"retrain_every_labels": "2"}) as (client, app):
         started = []
@@ -97,7 +96,7 @@ def test_app_triggers_on_the_nth_saved_label(synth_root, tmp_path):
         assert len(started) == 2
 
 
-def test_trainer_lock_refuses_a_second_training(synth_root, tmp_path):
+def test_trainer_lock_refuses_a_second_training(inprocess_app, served_copy, synth_root, tmp_path):
     from filelock import FileLock
 
     studies = served_copy(synth_root, tmp_path)
@@ -111,13 +110,12 @@ def test_trainer_lock_refuses_a_second_training(synth_root, tmp_path):
         assert not trainer.is_running()
 
 
-def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(synth_root, tmp_path, monkeypatch):
+def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(inprocess_app, make_model, oracle, painted,
+        served_copy, synth_root, tmp_path, monkeypatch):
     """The trainer passes the partial labels to training.fit.train.train, then publishes only a model that is
     not worse on the validation set (training and evaluation are stubbed: this is about the wiring)."""
     import hashlib
     from types import SimpleNamespace
-
-    from test_app_strategies import make_model
 
     import training.evaluate.segmentation as ev
     import training.fit.train as tr

@@ -6,27 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from app_helpers import assigned_mask, inprocess_app, oracle, painted, served_copy
 
 from training.data.nifti import load_volume, save_volume
 
 
-def make_model(path) -> None:
-    """A random-weight tiny checkpoint: enough to exercise the model plumbing (not its quality)."""
-    import torch
-
-    from training.data.preprocess import PreprocessConfig
-    from training.model.checkpoint import save_checkpoint
-    from training.model.network import build_network, network_config
-
-    torch.manual_seed(0)
-    cfg = network_config("tiny")
-    save_checkpoint(path, build_network(cfg), network=cfg, preprocess=PreprocessConfig(), train_config={},
-                    epoch=0, metrics={})
-
-
 @pytest.fixture()
-def studies(synth_root, tmp_path):
+def studies(served_copy, synth_root, tmp_path):
     return served_copy(synth_root, tmp_path)
 
 
@@ -38,7 +23,7 @@ def _brain_slices(synth_root, image_id, voxel_axis):
     return set(np.flatnonzero(mask.any(axis=other)).tolist())
 
 
-def test_info_strategies_leases_and_persisted_settings(studies, synth_root, tmp_path):
+def test_info_strategies_leases_and_persisted_settings(inprocess_app, studies, synth_root, tmp_path):
     with inprocess_app(studies, {"budget_total_slices": "60", "lease_minutes": "30"}) as (client, _app):
         info = client.get("/info/").json()
         assert "config" not in info
@@ -87,7 +72,7 @@ def test_info_strategies_leases_and_persisted_settings(studies, synth_root, tmp_
         assert client.get("/info/").json()["strategy_settings"]["budget_dispersion"] == 0.4
 
 
-def test_budget_runs_out_and_says_so(studies, synth_root, tmp_path):
+def test_budget_runs_out_and_says_so(inprocess_app, studies, synth_root, tmp_path):
     with inprocess_app(studies, {"budget_total_slices": "3", "budget_dispersion": "1.0"}) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         assert sum(len(s["indices"]) for s in a["slices"]) == 3
@@ -95,7 +80,8 @@ def test_budget_runs_out_and_says_so(studies, synth_root, tmp_path):
         assert "budget" in client.get("/info/").json()["budget"]["last_reason"]
 
 
-def test_model_appears_when_published_and_drives_infer_and_uncertainty(studies, synth_root, tmp_path):
+def test_model_appears_when_published_and_drives_infer_and_uncertainty(make_model, assigned_mask, inprocess_app,
+        oracle, painted, studies, synth_root, tmp_path):
     from neonatal_app.lib.configs.segmentation import model_path
 
     with inprocess_app(studies) as (client, _app):

@@ -1,4 +1,4 @@
-"""Helpers shared by the app tests: a tiny served study set, oracle painting, in-process app clients."""
+"""Fixtures of the app tests: a tiny served study set, oracle painting, in-process app clients and servers."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-import neonatal_app  # noqa: F401 - puts this repo's `training` before sam2's (see neonatal_app/__init__.py)
-
-REPO = Path(__file__).resolve().parents[1]
-SERVER_ENV = {
+REPO = Path(__file__).resolve().parents[2]
+_SERVER_ENV = {
     "MONAI_LABEL_TRACKING_ENABLED": "false",
     "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
     "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
@@ -23,13 +22,13 @@ SERVER_ENV = {
 }
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def served_copy(synth_root: Path, dest: Path) -> Path:
+def _served_copy(synth_root: Path, dest: Path) -> Path:
     """Copy the session's read-only tiny dHCP tree and return its MONAI Label view."""
     from apps.studies import servable_studies
 
@@ -38,14 +37,14 @@ def served_copy(synth_root: Path, dest: Path) -> Path:
     return servable_studies(tree)
 
 
-def oracle(synth_root: Path, image_id: str):
+def _oracle(synth_root: Path, image_id: str):
     from training.data.dataset import open_dataset
     from training.data.nifti import load_volume
 
     return load_volume(open_dataset(synth_root).get(image_id).label)
 
 
-def painted(ref, slices: list[dict], stray: bool = True) -> np.ndarray:
+def _painted(ref, slices: list[dict], stray: bool = True) -> np.ndarray:
     """What Slicer submits: the oracle on the assigned slices, 0 elsewhere, plus some stray paint."""
     full = np.zeros(ref.shape, np.uint8)
     for s in slices:
@@ -62,7 +61,7 @@ def painted(ref, slices: list[dict], stray: bool = True) -> np.ndarray:
     return full
 
 
-def assigned_mask(shape, slices: list[dict]) -> np.ndarray:
+def _assigned_mask(shape, slices: list[dict]) -> np.ndarray:
     m = np.zeros(shape, bool)
     for s in slices:
         take: list = [slice(None)] * 3
@@ -72,12 +71,12 @@ def assigned_mask(shape, slices: list[dict]) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def inprocess_app(studies: Path, conf: dict[str, str] | None = None):
+def _inprocess_app(studies: Path, conf: dict[str, str] | None = None):
     """A TestClient on MONAI Label's FastAPI app with the neonatal app on ``studies``."""
     from fastapi.testclient import TestClient
 
     saved = dict(os.environ)
-    env = dict(SERVER_ENV)
+    env = dict(_SERVER_ENV)
     env.update({
         "MONAI_LABEL_APP_DIR": str(REPO / "neonatal_app"),
         "MONAI_LABEL_STUDIES": str(studies),
@@ -99,7 +98,7 @@ def inprocess_app(studies: Path, conf: dict[str, str] | None = None):
         os.environ.update(saved)
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
+def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (contents), to prove that a refused request changed nothing."""
     out = {}
     for p in sorted(root.rglob("*")):
@@ -109,17 +108,17 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def inprocess_server(studies: Path, conf: dict[str, str] | None = None):
+def _inprocess_server(studies: Path, conf: dict[str, str] | None = None):
     """A real uvicorn server (thread, loopback, free port) with the neonatal app; yields its URL."""
     import threading
     import time
 
     import uvicorn
 
-    with inprocess_app(studies, conf) as (_client, app):
+    with _inprocess_app(studies, conf) as (_client, app):
         from monailabel.app import app as fastapi_app
 
-        port = free_port()
+        port = _free_port()
         server = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="warning",
                                                lifespan="off"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -134,3 +133,68 @@ def inprocess_server(studies: Path, conf: dict[str, str] | None = None):
         finally:
             server.should_exit = True
             thread.join(timeout=10)
+
+
+def _make_model(path) -> None:
+    """A random-weight tiny checkpoint: enough to exercise the model plumbing (not its quality)."""
+    import torch
+
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import save_checkpoint
+    from training.model.network import build_network, network_config
+
+    torch.manual_seed(0)
+    cfg = network_config("tiny")
+    save_checkpoint(path, build_network(cfg), network=cfg, preprocess=PreprocessConfig(), train_config={},
+                    epoch=0, metrics={})
+
+
+@pytest.fixture()
+def server_env() -> dict[str, str]:
+    """Environment that keeps a MONAI Label server from phoning home or scoring in the background."""
+    return dict(_SERVER_ENV)
+
+
+@pytest.fixture()
+def free_port():
+    return _free_port
+
+
+@pytest.fixture()
+def served_copy():
+    return _served_copy
+
+
+@pytest.fixture()
+def oracle():
+    return _oracle
+
+
+@pytest.fixture()
+def painted():
+    return _painted
+
+
+@pytest.fixture()
+def assigned_mask():
+    return _assigned_mask
+
+
+@pytest.fixture()
+def inprocess_app():
+    return _inprocess_app
+
+
+@pytest.fixture()
+def snapshot():
+    return _snapshot
+
+
+@pytest.fixture()
+def inprocess_server():
+    return _inprocess_server
+
+
+@pytest.fixture()
+def make_model():
+    return _make_model
