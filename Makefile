@@ -5,12 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 PORT ?= 8000
 
+# The one workaround for sam2 (pulled in by monailabel): it ships its own training scripts as a
+# top-level package named `training`, which shadows ours in site-packages. Nothing imports sam2's
+# copy, so it is removed after every install, and the install fails unless ours is then found.
 define REMOVE_SAM2_TRAINING
-import importlib.metadata as m, pathlib, shutil
+import importlib.metadata as m, importlib.util, pathlib, shutil
 files = m.files("sam2") or []
 hit = [f for f in files if str(f) == "training/__init__.py"]
 if hit:
     shutil.rmtree(pathlib.Path(hit[0].locate()).parent, ignore_errors=True)
+assert importlib.util.find_spec("training.data.labels"), "another top-level `training` package shadows neolabel's"
 endef
 export REMOVE_SAM2_TRAINING
 
@@ -25,9 +29,7 @@ $(STAMP): requirements.lock pyproject.toml
 	# torch first, pinned, so no other requirement can pull a different build
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
-	# sam2 (pulled in by monailabel) ships its own training scripts as a top-level package named
-	# `training`, which shadows ours; nothing imports it, so it is removed.
-	$(BIN)/python -c "$$REMOVE_SAM2_TRAINING"
+	cd / && $(abspath $(BIN))/python -c "$$REMOVE_SAM2_TRAINING"  # outside the repo: finds the installed packages
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -36,10 +38,12 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,2 @@
-"""neolabel command line and long-running jobs (simulation, export)."""
-
-from neonatal_app import ensure_project_training
-
-ensure_project_training()
+"""neolabel command line (``cli`` + one module per command in ``commands/``) and long-running jobs
+(``simulation``, ``export``, ``plans``, ``studies``, ``demo``)."""

@@ -18,13 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train"),
     "infer": ("infer", "infer"),
     "evaluate": ("evaluate", "evaluate"),
+    "split": ("split", "split"),
     "simulate": ("simulate", "simulate"),
     "export": ("export", "export"),
 }
 
 app = typer.Typer(
     name="neolabel",
-    help="Active annotation for neonatal brain MRI: serve, simulate, plan, train, infer, evaluate, synth, export.",
+    help=f"Active annotation for neonatal brain MRI: {', '.join(COMMANDS)}.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

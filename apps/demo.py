@@ -53,7 +53,8 @@ def prepare_demo(
 ) -> Demo:
     """Generate the demo study set once (reused when ``demo.json`` exists)."""
     from training.data.nifti import atomic_write_text
-    from training.data.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING, write_study_set
+    from training.data.synthetic.params import DEFAULT_SHAPE, DEFAULT_SPACING
+    from training.data.synthetic.write import write_study_set
 
     d = demo_paths(workdir)
     if d.marker.is_file():

@@ -28,8 +28,8 @@ def main() -> None:
 
     from training.data.dataset import open_dataset
     from training.data.nifti import load_volume
-    from training.evaluate.segmentation import dice_per_class, tissue_mean
-    from training.infer.predict import Predictor
+    from training.infer.predictor import Predictor
+    from training.metrics import dice_per_class, tissue_mean
 
     torch.set_num_threads(2)
     ckpt, data = sys.argv[1], sys.argv[2]

@@ -36,7 +36,7 @@ PART_BYTES = 15 * 2**20
 
 def _write_subject(args: tuple[Path, str, float, int, tuple[int, int, int], float]) -> str:
     from training.data.nifti import save_volume
-    from training.data.synthetic import generate_subject
+    from training.data.synthetic.write import generate_subject
 
     root, sid, age, seed, shape, spacing = args
     s = generate_subject(age, seed=seed, shape=shape, spacing=spacing)
@@ -121,9 +121,9 @@ def inference_check(ck, device: str, shape: tuple[int, int, int], spacing: float
             torch.cuda.synchronize()
 
     from training.data.nifti import Volume
-    from training.data.synthetic import generate_subject
-    from training.evaluate.segmentation import dice_per_class
-    from training.infer.predict import Predictor
+    from training.data.synthetic.write import generate_subject
+    from training.infer.predictor import Predictor
+    from training.metrics import dice_per_class
 
     s = generate_subject(40.0, seed=7, shape=shape, spacing=spacing)  # bench/inference.py's volume
     vol = Volume(s.t2w, s.affine)

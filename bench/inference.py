@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/inference.py [--ckpt PATH] [--variants a,b] [--json OUT] [--threads 2]
 
-On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.data.synthetic.generate_subject``):
+On a generated dHCP-size volume (217×290×290 at 0.5 mm, ``training.data.synthetic.write.generate_subject``):
 
 1. weights: ``--ckpt`` (a neolabel checkpoint, e.g. from ``bench/gpu_train.py``), or a brief
    training of the paper network (DynUNet, 6 levels, 32–320 filters; ``network_config("paper")``)
@@ -98,12 +98,12 @@ def quick_train(
 
     from training.data.nifti import Volume
     from training.data.preprocess import PreprocessConfig, preprocess
-    from training.data.synthetic import generate_subject
+    from training.data.synthetic.write import generate_subject
     from training.fit.loss import MaskedDiceCELoss
     from training.fit.sampling import PatchDataset, make_case
-    from training.infer.predict import with_fast_instance_norm
     from training.model.checkpoint import save_checkpoint
     from training.model.network import build_network, network_config
+    from training.model.norms import with_fast_instance_norm
 
     torch.manual_seed(seed)
     net_cfg = network_config(preset)
@@ -181,7 +181,7 @@ def quick_train(
 
 
 def dice_summary(pred: np.ndarray, ref: np.ndarray) -> dict:
-    from training.evaluate.segmentation import dice_per_class, tissue_mean
+    from training.metrics import dice_per_class, tissue_mean
 
     d = dice_per_class(pred, ref)
     vals = [v for v in d.values() if not math.isnan(v)]
@@ -252,8 +252,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from training.data.nifti import Volume
-    from training.data.synthetic import generate_subject
-    from training.infer.predict import Predictor
+    from training.data.synthetic.write import generate_subject
+    from training.infer.predictor import Predictor
     from training.model.checkpoint import load_checkpoint
 
     ckpt = args.ckpt

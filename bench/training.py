@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.data.preprocess import PreprocessConfig, preprocess_subject
     from training.fit.sampling import make_case
-    from training.fit.train import TrainConfig, tissue_mean, train, validate
+    from training.fit.train import TrainConfig, train, validate
+    from training.metrics import tissue_mean
     from training.model.network import network_config
 
     torch.set_num_threads(args.threads)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or out / "data"
     if not (data / "participants.tsv").exists():
-        from training.data.synthetic import write_study_set
+        from training.data.synthetic.write import write_study_set
 
         t0 = time.perf_counter()
         write_study_set(data, args.subjects, seed=args.seed)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.dataset import open_dataset
     from training.data.labels import NUM_CLASSES, TISSUE, class_names
     from training.data.splits import age_split, write_split
-    from training.data.synthetic import write_study_set
+    from training.data.synthetic.write import write_study_set
     from training.evaluate.segmentation import evaluate_checkpoint
     from training.fit.train import TrainConfig, train
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     age_rows = []
     if a.age:
-        from training.model.age import evaluate_age_checkpoint
+        from training.evaluate.age import evaluate_age_checkpoint
 
         for seed, alpha in ((s, w) for s in a.seeds for w in a.age_weights):
             t0 = time.perf_counter()

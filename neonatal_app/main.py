@@ -9,11 +9,13 @@ lives in ``<studies>/.neolabel/`` so it survives restarts. Start it with ``neola
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.batch_infer import BatchInferTask
+from monailabel.utils.async_tasks.utils import processes, tasks
 
 from neonatal_app.lib.activelearning.budget import BudgetStrategy
 from neonatal_app.lib.activelearning.foreground_random import ForegroundRandomStrategy
@@ -21,12 +23,15 @@ from neonatal_app.lib.activelearning.uncertainty import UncertaintyStrategy
 from neonatal_app.lib.configs.segmentation import NAME as MODEL_NAME
 from neonatal_app.lib.configs.segmentation import SegmentationConfig
 from neonatal_app.lib.datastore import NeolabelDatastore
-from neonatal_app.lib.infers.segmentation import slicer_label_map
+from strategies.annotate.catalog import ScanCatalog, label_file
+from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.retrain import RetrainTriggers
 from strategies.annotate.service import AnnotationService
 from strategies.annotate.settings import AppConfig
-from strategies.annotate.state import StateStore
+from strategies.annotate.state import STATE_DIR, open_state
+from strategies.annotate.tags import BRAIN_MASK
 from training.data import labels as L
+from training.data.labels import slicer_label_map
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +48,26 @@ class _BatchInfer(BatchInferTask):
 class NeonatalApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.app_config = AppConfig.from_conf(conf)  # ConfError (a ValueError) stops the start with a message
-        self.state = StateStore(studies)
-        self.service = AnnotationService(studies, self.state, self.app_config)
-        self.segmentation = SegmentationConfig(studies, self.app_config, self.state)
-        self.triggers: RetrainTriggers | None = None
+        self.db = open_state(studies)
+        cache = Path(studies) / STATE_DIR / "cache"
+        catalog = ScanCatalog(self.db, cache, brain_mask_of=label_file(studies, BRAIN_MASK))
+        self.ledger = AnnotationLedger(self.db, self.app_config, catalog)
+        self._store = NeolabelDatastore(studies, self.ledger)
+        self.segmentation = SegmentationConfig(studies, self.app_config, self.ledger)
+        # built here rather than in the init_* hooks, so the annotation core gets them through its constructor
+        self._infer = self.segmentation.infer()
+        self._trainer = self.segmentation.trainer()
+        self.service = AnnotationService(studies, self.ledger, self.app_config, images=self._store,
+                                         predictor=self._infer.predictor, model_version=self._infer.version,
+                                         busy=self.is_training)  # background scoring waits for a retraining
+        self.triggers = RetrainTriggers(
+            start_training=self._start_training,
+            is_training=self.is_training,
+            every_labels=self.app_config.retrain_every_labels,
+            interval_minutes=self.app_config.retrain_interval_minutes,
+            labels_since_train=self.ledger.labels_since_train,
+            reset_count=self.ledger.reset_labels_since_train,
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -56,39 +77,16 @@ class NeonatalApp(MONAILabelApp):
             version="0.1.0",
             labels=slicer_label_map(),  # 1–9: the plugin numbers segments 1, 2, … in this order
         )
-        infer = self._infers.get(MODEL_NAME)
-        self.service._predictor = infer.predictor
-        self.service._model_version = infer.version
-        self.service.datastore = self._datastore
-        trainer = self._trainers.get(MODEL_NAME)
-
-        def is_training() -> bool:
-            return self._training_running(trainer)
-
-        self.service.outputs.busy = is_training  # background scoring waits for a retraining to end
-        self.triggers = RetrainTriggers(
-            start_training=self._start_training,
-            is_training=is_training,
-            every_labels=self.app_config.retrain_every_labels,
-            interval_minutes=self.app_config.retrain_interval_minutes,
-            labels_since_train=lambda: int(self.state.read().get("labels_since_train", 0)),
-            reset_count=self._reset_count,
-        )
 
     # ------------------------------------------------------------------ MONAI Label hooks
     def init_datastore(self) -> NeolabelDatastore:
-        return NeolabelDatastore(
-            self.studies,
-            self.state,
-            assignments_for=self.service.assignments_for,
-            on_accepted=self.service.on_accepted,
-        )
+        return self._store
 
     def init_infers(self) -> dict[str, Any]:
-        return {MODEL_NAME: self.segmentation.infer()}
+        return {MODEL_NAME: self._infer}
 
     def init_trainers(self) -> dict[str, Any]:
-        return {MODEL_NAME: self.segmentation.trainer()}
+        return {MODEL_NAME: self._trainer}
 
     def init_strategies(self) -> dict[str, Any]:
         return {
@@ -109,23 +107,23 @@ class NeonatalApp(MONAILabelApp):
         meta["label_colors"] = {k: v for k, v in L.slicer_colors().items() if k in self.labels}
         meta["class_table"] = L.class_table()
         meta["budget"] = self.service.budget_status()
-        meta["strategy_settings"] = self.service.settings()
+        meta["strategy_settings"] = self.ledger.settings()
         meta["retrain"] = {
             "every_labels": self.app_config.retrain_every_labels,
             "interval_minutes": self.app_config.retrain_interval_minutes,
-            "running": self._training_running(self._trainers.get(MODEL_NAME)),
+            "running": self.is_training(),
         }
         return meta
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
-        if self.triggers is not None and self.triggers.start():
+        if self.triggers.start():
             log.info("scheduled retraining every %g minutes", self.app_config.retrain_interval_minutes)
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
         summary = self._datastore.pop_last_summary(image_id) or {}
         try:
-            if self.triggers is not None and self.triggers.on_label_saved():
+            if self.triggers.on_label_saved():
                 summary["retrain_started"] = True
         except Exception as exc:  # the label is already stored: a failed trigger must not turn the save into a 500
             log.exception("retrain trigger failed after saving %s", image_id)
@@ -133,18 +131,13 @@ class NeonatalApp(MONAILabelApp):
         return summary
 
     # ------------------------------------------------------------------ retraining
-    def _reset_count(self) -> None:
-        with self.state.update() as st:
-            st["labels_since_train"] = 0
-
-    def _training_running(self, trainer) -> bool:
-        from monailabel.utils.async_tasks.utils import processes, tasks
-
+    def is_training(self) -> bool:
+        """A retraining runs: in MONAI Label's task subprocess, queued, or in this process."""
         if len(processes("train")):
             return True
         if any(t.get("status") in ("SUBMITTED", "RUNNING") for t in tasks("train")):
             return True
-        return bool(trainer is not None and trainer.is_running())
+        return self._trainer.is_running()
 
     def _start_training(self, reason: str):
         """Start ``/train/segmentation`` in MONAI Label's background subprocess (in-process outside a server)."""

@@ -17,7 +17,7 @@ TINY_SPACING = 3.4
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A read-only tiny dHCP tree (6 subjects); copy it before changing anything in it."""
-    from training.data.synthetic import write_study_set
+    from training.data.synthetic.write import write_study_set
 
     root = tmp_path_factory.mktemp("synth") / "dhcp"
     write_study_set(root, subjects=6, shape=TINY_SHAPE, spacing=TINY_SPACING, seed=0)

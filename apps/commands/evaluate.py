@@ -29,7 +29,7 @@ def evaluate(
     from training.data.dataset import DatasetError, open_dataset
     from training.data.nifti import NiftiError, atomic_write_text
     from training.evaluate.segmentation import EvaluationError, evaluate_checkpoint
-    from training.infer.predict import PredictError
+    from training.infer.predictor import PredictError
     from training.model.checkpoint import CheckpointError
 
     try:
@@ -41,7 +41,7 @@ def evaluate(
         report = evaluate_checkpoint(
             ckpt, chosen, device=device, hd95=hd95, progress=progress, fast=not reference
         )
-        from training.model.age import age_report_for
+        from training.evaluate.age import age_report_for
 
         age = age_report_for(ckpt, chosen, device=device)  # AgeU-Net checkpoints: scan-age MAE/MSE in weeks
     except (DatasetError, EvaluationError, CheckpointError, PredictError, NiftiError, ValueError) as exc:

@@ -35,7 +35,7 @@ def infer(
 
     from training.data.nifti import NiftiError
     from training.data.preprocess import PreprocessError
-    from training.infer.predict import PredictError, Predictor
+    from training.infer.predictor import PredictError, Predictor
     from training.model.checkpoint import CheckpointError
 
     try:

@@ -1,10 +1,19 @@
-"""``neolabel simulate``: replay budget strategies with dense labels as the oracle (heavy imports inside)."""
+"""``neolabel simulate``: replay budget strategies with dense labels as the oracle (heavy imports inside).
+
+Every option defaults to None and then takes :class:`~apps.simulation.config.SimulationConfig`'s default."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from apps.simulation.conditions import STATIC_SELECTIONS
+from apps.simulation.config import SimulationConfig
+from strategies.plan.selection import AXIS_MODES
+from training.model.presets import PRESETS
+
+_D = SimulationConfig(out=Path("."))  # the defaults shown in --help
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -21,50 +30,58 @@ def simulate(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder (results, plans, figures, models). Re-run to resume."
     ),
-    epochs: int = typer.Option(None, "--epochs", help="Epochs per model (same for every condition). Default 6."),
-    seeds: int = typer.Option(None, "--seeds", help="Seeds per condition (mean ± sd). Default 2."),
+    epochs: int = typer.Option(
+        None, "--epochs", help=f"Epochs per model (same for every condition). Default {_D.epochs}."
+    ),
+    seeds: int = typer.Option(None, "--seeds", help=f"Seeds per condition. Default {_D.seeds}."),
     rounds: int = typer.Option(
-        0, "--rounds", help="Active-learning loop mode with this many rounds (0 = static conditions)."
+        None, "--rounds", help="Active-learning loop mode with this many rounds (0 = static conditions)."
     ),
     iterations: int = typer.Option(
-        None, "--iterations", help="Iterations per epoch (same for every model). Default 50."
+        None, "--iterations", help=f"Iterations per epoch (same for every model). Default {_D.iterations}."
     ),
     dispersion: list[str] = typer.Option(
         None, "--dispersion", help="Dispersion level(s): fraction of a scan's slices (0.33, 33%) or '1slice'."
     ),
     axis: list[str] = typer.Option(
-        None, "--axis", help="Axes: sagittal, coronal, axial, random, mixed (comma list). Default: all but mixed."
+        None, "--axis", help=f"Axes: {', '.join(AXIS_MODES)} (comma list). Default {','.join(_D.axes)}."
     ),
-    selection: list[str] = typer.Option(None, "--selection", help="Slice selection: equidistant, random. Repeatable."),
+    selection: list[str] = typer.Option(
+        None, "--selection", help=f"Slice selection: {', '.join(STATIC_SELECTIONS)}. Repeatable."
+    ),
     margin: list[float] = typer.Option(
         None, "--margin", help="Margin(s): fraction of the brain extent excluded per end."
     ),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the full-volume baseline."),
-    full_volumes: int = typer.Option(2, "--full-volumes", help="Scans of the full-volume baseline (sets the budget)."),
-    count_axis: str = typer.Option(
-        "axial", "--count-axis", help="Axis along which a full volume's slices are counted."
+    full_volumes: int = typer.Option(
+        None, "--full-volumes", help="Scans of the full-volume baseline (sets the budget)."
     ),
-    test_scans: int = typer.Option(4, "--test-scans", help="Held-out, densely labelled test scans."),
-    preset: str = typer.Option("tiny", "--preset", help="Network preset: tiny, cpu, paper."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate. Default 0.01 (AdamW); 0 = training's default."),
+    count_axis: str = typer.Option(None, "--count-axis", help="Axis along which a full volume's slices are counted."),
+    test_scans: int = typer.Option(None, "--test-scans", help="Held-out, densely labelled test scans."),
+    preset: str = typer.Option(None, "--preset", help=f"Network preset: {', '.join(PRESETS)}."),
+    lr: float = typer.Option(None, "--lr", help=f"Learning rate. Default {_D.lr} (AdamW); 0 = training's default."),
     synth_subjects: int = typer.Option(
-        None, "--synth-subjects", help="Synthetic scans to generate (no DATA). Default 16."
+        None, "--synth-subjects", help=f"Synthetic scans to generate (no DATA). Default {_D.synth_subjects}."
     ),
     synth_shape: str = typer.Option(
-        None, "--synth-shape", help="Synthetic volume shape 'X,Y,Z' (no DATA). Default 36,48,48."
+        None,
+        "--synth-shape",
+        help=f"Synthetic volume shape 'X,Y,Z' (no DATA). Default {','.join(map(str, _D.synth_shape))}.",
     ),
-    synth_spacing: float = typer.Option(None, "--synth-spacing", help="Synthetic voxel size in mm. Default 3.0."),
+    synth_spacing: float = typer.Option(
+        None, "--synth-spacing", help=f"Synthetic voxel size in mm. Default {_D.synth_spacing}."
+    ),
     strategy: list[str] = typer.Option(
-        None, "--strategy", help="Loop strategies: uncertainty, random, equidistant (comma list or repeated)."
+        None, "--strategy", help=f"Loop strategies (comma list or repeated). Default {','.join(_D.strategies)}."
     ),
     seed_slices: int = typer.Option(None, "--seed-slices", help="Loop: slices of the initial seed set."),
     round_slices: int = typer.Option(None, "--round-slices", help="Loop: slices annotated per round."),
     round_epochs: int = typer.Option(None, "--round-epochs", help="Loop: warm-start epochs per round."),
     loop_axis: str = typer.Option(
-        "axial", "--loop-axis", help="Loop: slicing axis (sagittal/coronal/axial/random/mixed)."
+        None, "--loop-axis", help="Loop: slicing axis (sagittal/coronal/axial/random/mixed)."
     ),
     loop_dispersion: float = typer.Option(
-        0.33, "--loop-dispersion", help="Loop: fraction of a scan's slices per visit."
+        None, "--loop-dispersion", help="Loop: fraction of a scan's slices per visit."
     ),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all cores)."),
     device: str = typer.Option(None, "--device", help="Training device (cpu, cuda); default: cuda when available."),
@@ -72,20 +89,9 @@ def simulate(
 ) -> None:
     """Hide labels per condition (the dense labels are the oracle), train one model per condition and seed
     with the same epochs and number of annotated slices, and score them on held-out fully labelled scans."""
-    from apps.simulate import (
-        DEFAULT_EPOCHS,
-        DEFAULT_ITERATIONS,
-        DEFAULT_LR,
-        DEFAULT_SEEDS,
-        DEFAULT_SYNTH_SHAPE,
-        DEFAULT_SYNTH_SPACING,
-        DEFAULT_SYNTH_SUBJECTS,
-        SimulationConfig,
-        run_simulation,
-    )
-    from apps.simulation.conditions import DEFAULT_AXES, DEFAULT_DISPERSIONS
+    from apps.simulation.run import run_simulation
 
-    shape = DEFAULT_SYNTH_SHAPE
+    shape = None
     if synth_shape:
         try:
             shape = tuple(int(v) for v in synth_shape.replace("x", ",").split(","))
@@ -98,34 +104,37 @@ def simulate(
         overrides["threads"] = int(threads)
     if device:
         overrides["device"] = device
+    given = {
+        "epochs": epochs,
+        "iterations": iterations,
+        "seeds": seeds,
+        "rounds": rounds,
+        "dispersions": tuple(_split(dispersion)) or None,
+        "axes": tuple(_split(axis)) or None,
+        "selections": tuple(_split(selection)) or None,
+        "margins": tuple(margin) if margin else None,
+        "full_volumes": full_volumes,
+        "count_axis": count_axis,
+        "test_scans": test_scans,
+        "synth_subjects": synth_subjects,
+        "synth_shape": shape,
+        "synth_spacing": synth_spacing,
+        "preset": preset,
+        "lr": lr,
+        "strategies": tuple(_split(strategy)) or None,
+        "seed_slices": seed_slices,
+        "round_slices": round_slices,
+        "round_epochs": round_epochs,
+        "loop_axis": loop_axis,
+        "loop_dispersion": loop_dispersion,
+    }
     cfg = SimulationConfig(
         out=out,
         data=data,
-        epochs=epochs or DEFAULT_EPOCHS,
-        iterations=iterations or DEFAULT_ITERATIONS,
-        seeds=seeds or DEFAULT_SEEDS,
-        rounds=rounds,
-        dispersions=tuple(_split(dispersion)) or DEFAULT_DISPERSIONS,
-        axes=tuple(_split(axis)) or DEFAULT_AXES,
-        selections=tuple(_split(selection)) or ("equidistant",),
-        margins=tuple(margin) if margin else (0.1,),
         baseline=not no_baseline,
-        full_volumes=full_volumes,
-        count_axis=count_axis,
-        test_scans=test_scans,
-        synth_subjects=synth_subjects or DEFAULT_SYNTH_SUBJECTS,
-        synth_shape=shape,
-        synth_spacing=synth_spacing or DEFAULT_SYNTH_SPACING,
-        preset=preset,
-        lr=DEFAULT_LR if lr is None else lr,
         train_overrides=overrides,
-        strategies=tuple(_split(strategy)) or ("uncertainty", "random", "equidistant"),
-        seed_slices=seed_slices,
-        round_slices=round_slices,
-        round_epochs=round_epochs,
-        loop_axis=loop_axis,
-        loop_dispersion=loop_dispersion,
         progress=not quiet,
+        **{k: v for k, v in given.items() if v is not None},
     )
     try:
         summary = run_simulation(cfg)
@@ -133,5 +142,7 @@ def simulate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo((out / "results.md").read_text())
-    typer.echo(f"{len(summary.results)} result(s), {len(summary.skipped)} reused; wall time "
-               f"{summary.wall_seconds:.0f} s; files in {out}")
+    typer.echo(
+        f"{len(summary.results)} result(s), {len(summary.skipped)} reused; wall time "
+        f"{summary.wall_seconds:.0f} s; files in {out}"
+    )

@@ -183,7 +183,7 @@ class RealProbabilities:
         self._predictor: Any = None
 
     def __call__(self, checkpoint: Path, subject: Any) -> np.ndarray:
-        from training.infer.predict import Predictor
+        from training.infer.predictor import Predictor
 
         if self._ckpt != Path(checkpoint):
             self._predictor = Predictor.from_checkpoint(checkpoint, device="cpu")

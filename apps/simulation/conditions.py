@@ -16,9 +16,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-AXIS_CHOICES: tuple[str, ...] = ("sagittal", "coronal", "axial", "random", "mixed")
-SELECTION_CHOICES: tuple[str, ...] = ("equidistant", "random")
-DEFAULT_AXES: tuple[str, ...] = ("sagittal", "coronal", "axial", "random")
+from strategies.plan.axes import AXES
+from strategies.plan.selection import AXIS_MODES, SELECTIONS
+
+STATIC_SELECTIONS: tuple[str, ...] = tuple(s for s in SELECTIONS if s != "uncertainty")  # static plans need no model
+DEFAULT_AXES: tuple[str, ...] = (*AXES, "random")
 DEFAULT_DISPERSIONS: tuple[str, ...] = ("0.33",)
 ONE_SLICE = "1slice"
 """Dispersion level meaning "a single slice per scan" (the extreme end of dispersion)."""
@@ -85,14 +87,14 @@ def parse_dispersion(value: str | float) -> float | str:
 
 
 def _check_axis(axis: str) -> str:
-    if axis not in AXIS_CHOICES:
-        raise ConditionError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_CHOICES)}")
+    if axis not in AXIS_MODES:
+        raise ConditionError(f"unknown axis {axis!r}; expected one of {', '.join(AXIS_MODES)}")
     return axis
 
 
 def _check_selection(sel: str) -> str:
-    if sel not in SELECTION_CHOICES:
-        raise ConditionError(f"unknown selection {sel!r}; expected one of {', '.join(SELECTION_CHOICES)}")
+    if sel not in STATIC_SELECTIONS:
+        raise ConditionError(f"unknown selection {sel!r}; expected one of {', '.join(STATIC_SELECTIONS)}")
     return sel
 
 

@@ -1,7 +1,8 @@
 """Simulation data: the study set (a dHCP tree or a generated one), the train/test split and the oracle.
 
 The full dHCP labels play the annotator ("oracle"): a condition's plan says which slices would be
-annotated, and :class:`Oracle` cuts those slices out of the dense label (255 elsewhere). Test
+annotated, and :class:`Oracle` paints them as Slicer submits them and converts the painting with the
+server's own ``convert_submission`` (255 elsewhere). Test
 scans are drawn once, before any condition, are never offered to a planner or a trainer, and must
 have dense labels (checked on load).
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from strategies.annotate.submission import convert_submission, paint_like_slicer
+from strategies.plan.assignment import SliceAssignment
 from training.data import labels as L
 
 
@@ -28,7 +31,7 @@ SYNTH_MARKER = "neolabel-synthetic.json"
 
 def prepare_synthetic(root: Path, n_subjects: int, shape: Sequence[int], spacing: float, seed: int) -> Path:
     """Generate (once) a synthetic dHCP-layout study set under ``root``; reuse it when the parameters match."""
-    from training.data.synthetic import write_study_set
+    from training.data.synthetic.write import write_study_set
 
     params = {"subjects": int(n_subjects), "shape": [int(s) for s in shape], "spacing": float(spacing),
               "seed": int(seed)}
@@ -107,12 +110,15 @@ class Oracle:
             self._cache[subject_id] = oracle_label(self._subjects[subject_id], dense=True)
         return self._cache[subject_id]
 
-    def partial_label(self, subject_id: str, assignments: Sequence[Any]) -> np.ndarray:
-        """255 everywhere except the assigned slices, which get the true classes."""
-        from strategies.annotate.masks import partial_label
-
+    def submit(self, subject_id: str, assignments: Sequence[SliceAssignment],
+               previous: np.ndarray | None = None) -> np.ndarray:
+        """The stored partial label after the oracle annotates the assigned slices the way an annotator
+        does in Slicer: a full labelmap painted on those slices, taken in by the server's own conversion."""
         label, affine = self._label_and_affine(subject_id)
-        return partial_label(label, list(assignments), affine)
+        items = list(assignments)
+        for a in items:
+            a.check_image(label.shape, affine)
+        return convert_submission(paint_like_slicer(label, items), items, previous).partial
 
     def dense_label_path(self, subject_id: str) -> Path:
         return Path(self._subjects[subject_id].label)

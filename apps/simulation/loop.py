@@ -147,7 +147,7 @@ def run_loop(
     def train_and_score(name: str, seed: int, run_dir: Path, state: Any, strategy: str, round_no: int,
                         init: Path | None, epochs: int, key: str) -> dict:
         per_image = state_assignments(state, strategy, by_id)
-        labels = {i: oracle.partial_label(i, asg) for i, asg in per_image.items()}
+        labels = {i: oracle.submit(i, asg) for i, asg in per_image.items()}
         subjects = [pool[i] for i in sorted(per_image)]
         job_settings = dict(train_settings)
         if prepare_model_dir(run_dir / "model", key):

@@ -130,7 +130,7 @@ def run_job(
         if image_id in job.dense_ids:
             labels[image_id] = oracle.dense_label_path(image_id)
         else:
-            labels[image_id] = oracle.partial_label(image_id, asg)
+            labels[image_id] = oracle.submit(image_id, asg)
     subjects = [pool[i] for i in sorted(by_image)]
     run_dir = result_path(out, job).parent
     settings = dict(train_settings)

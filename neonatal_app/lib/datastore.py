@@ -7,9 +7,9 @@ values 0–9/255, a non-empty submission for an open assignment) and answers a r
 ``HTTPException`` carrying a 4xx status and a message, having changed nothing in the datastore (a
 well-formed upload with painted classes that cannot be taken, e.g. without an open assignment, is
 kept under ``.neolabel/refused/<image>/`` with the reason, so no annotator's work is lost). Accepted
-uploads are kept verbatim under ``.neolabel/submissions/<image>/`` (numbered, never overwritten),
-converted to a partial label (``lib/submission.py``) merged with the earlier rounds, and written
-atomically. The datastore JSON is also replaced atomically (MONAI Label rewrites it in place).
+uploads go to the annotation core (``strategies.annotate.intake``): kept verbatim, converted to a
+partial label merged with the earlier rounds, written atomically, recorded.
+The datastore JSON is also replaced atomically (MONAI Label rewrites it in place).
 """
 
 from __future__ import annotations
@@ -18,48 +18,30 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
-from strategies.annotate.state import STATE_DIR, StateStore, now_iso
-from strategies.annotate.submission import (
-    ANONYMOUS,
-    SubmissionRejected,
-    check_submission,
-    convert_submission,
-    remap_segments,
-)
-from training.data.labels import IGNORE
-from training.data.nifti import NiftiError, atomic_write_text, load_volume, read_header, save_volume
+from strategies.annotate.intake import SubmissionIntake
+from strategies.annotate.ledger import AnnotationLedger
+from strategies.annotate.submission import ANONYMOUS, SubmissionRejected
+from strategies.annotate.tags import FINAL, RESERVED
+from training.data.nifti import NiftiError, Volume, atomic_write_text, load_volume, read_header, save_volume
 
 log = logging.getLogger(__name__)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-FINAL = "final"
-ORIGINAL = "original"
-BRAIN_MASK_TAG = "brain_mask"
-RESERVED_TAGS = (ORIGINAL, BRAIN_MASK_TAG)
-MAX_REFUSED_PER_IMAGE = 100
-
-
-def _count_uploads(folder: Path) -> int:
-    """Kept uploads in a folder (``<nnnn>-<tag>.nii[.gz]``; temporary files and reason JSONs excluded)."""
-    return len([p for p in folder.iterdir() if not p.name.startswith(".") and ".nii" in p.name])
 
 
 def http_error(status: int, message: str) -> Exception:
-    """FastAPI's HTTPException (imported lazily so this module stays importable without a server)."""
-    from fastapi import HTTPException
-
+    """FastAPI's HTTPException with the refusal's status and message."""
     return HTTPException(status_code=status, detail=message)
 
 
@@ -80,22 +62,18 @@ def check_tag(value: str) -> str:
 class NeolabelDatastore(LocalDatastore):
     """``LocalDatastore`` + validated, converted, versioned label saves (see module doc)."""
 
-    def __init__(self, studies: str | Path, state: StateStore, assignments_for, on_accepted=None) -> None:
-        """``assignments_for(image_id) -> list[SliceAssignment] | None`` gives the open assignment;
-        ``on_accepted(image_id, result, client_id)`` records an accepted submission in the state."""
-        self.state = state
-        self._assignments_for = assignments_for
-        self._on_accepted = on_accepted
+    def __init__(self, studies: str | Path, ledger: AnnotationLedger, max_upload_mb: float = 512.0) -> None:
+        """Accepted uploads go through the annotation core's ``SubmissionIntake`` over this datastore."""
         self._local = threading.local()
-        self._save_lock = threading.Lock()
+        self._registry_lock = threading.Lock()
+        self.max_upload_bytes = int(max_upload_mb * 2**20)
         super().__init__(
             str(studies),
             extensions=("*.nii.gz", "*.nii"),
             auto_reload=False,  # a watchdog thread reloading the JSON under a running save loses updates
             read_only=False,
         )
-        self.submissions_dir = Path(studies) / STATE_DIR / "submissions"
-        self.refused_dir = Path(studies) / STATE_DIR / "refused"
+        self.intake = SubmissionIntake(studies, ledger, store=self)
 
     # -------------------------------------------------------------- atomic datastore JSON
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -128,11 +106,15 @@ class NeolabelDatastore(LocalDatastore):
 
     def store_label_array(self, image_id: str, data: np.ndarray, affine: np.ndarray, tag: str,
                           info: dict[str, Any] | None = None) -> str:
-        """Write a label atomically and register it (internal use: no submission checks)."""
+        """Write a label atomically (durable on return) and register it in memory (internal use: no checks).
+
+        The datastore JSON is not rewritten: at 10,000 scans that costs ~0.25 s a save. MONAI Label
+        finds label files on disk when a datastore is opened (``_reconcile_datastore``), and what
+        neolabel needs to know about a label lives in the annotation database."""
         check_tag(tag)
         dest = self.label_path(image_id, tag)
         save_volume(dest, np.asarray(data, dtype=np.uint8), affine, dtype=np.uint8)
-        with FileLock(self._lock_file):
+        with self._registry_lock:
             obj = self._datastore.objects.get(image_id)
             if obj is None:
                 raise SubmissionRejected(f"unknown image {image_id!r}", 404)
@@ -145,54 +127,10 @@ class NeolabelDatastore(LocalDatastore):
             label_info["ts"] = int(time.time())
             label_info["name"] = dest.name
             obj.labels[tag] = DataModel(info=label_info, ext=".nii.gz")
-            self._update_datastore_file(lock=False)
         return image_id
 
-    def _keep_raw(self, image_id: str, src: str, tag: str, root: Path | None = None) -> Path:
-        """Copy the upload verbatim to ``<root>/<image>/<nnnn>-<tag>.nii[.gz]`` (root: ``submissions``);
-        never overwrites."""
-        folder = (root or self.submissions_dir) / image_id
-        folder.mkdir(parents=True, exist_ok=True)
-        ext = ".nii.gz" if src.endswith(".gz") else ".nii"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
-        os.close(fd)
-        shutil.copyfile(src, tmp)
-        try:
-            n = _count_uploads(folder) + 1
-            while True:
-                dest = folder / f"{n:04d}-{tag}{ext}"
-                try:
-                    os.link(tmp, dest)  # fails if dest exists: earlier submissions are never replaced
-                    return dest
-                except FileExistsError:
-                    n += 1
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    def _keep_refused(self, image_id: str, src: str, tag: str, data: np.ndarray, original: np.ndarray | None,
-                      client_id: str, exc: SubmissionRejected) -> str | None:
-        """Keep a well-formed upload with painting of its own that was refused (no open assignment,
-        nothing on the assigned slices) under ``.neolabel/refused/<image>/``, with the reason beside it:
-        an annotator's work is never lost. Classes left as the server's ``original`` label are not
-        painting. At most ``MAX_REFUSED_PER_IMAGE`` per scan (disk bound)."""
-        own = (data != 0) & (data != IGNORE)
-        if original is not None and original.shape == data.shape:
-            own &= data != original
-        if not np.any(own):
-            return None  # nothing painted: nothing to lose
-        folder = self.refused_dir / image_id
-        if folder.is_dir() and _count_uploads(folder) >= MAX_REFUSED_PER_IMAGE:
-            log.warning("refused label for %r not kept: %d already kept", image_id, MAX_REFUSED_PER_IMAGE)
-            return None
-        try:
-            dest = self._keep_raw(image_id, src, tag, root=self.refused_dir)
-            why = {"image": image_id, "tag": tag, "client_id": client_id, "refused_at": now_iso(),
-                   "status": exc.status, "reason": str(exc)}
-            atomic_write_text(dest.with_name(dest.name.split(".nii")[0] + ".json"), json.dumps(why, indent=2))
-        except OSError as err:  # e.g. a full disk: the refusal stays a refusal, not a 500
-            log.error("refused label for %r could not be kept: %s", image_id, err)
-            return None
-        return str(dest.relative_to(self.refused_dir.parent.parent))
+    def image_count(self) -> int:
+        return len(self._datastore.objects)
 
     def pop_last_summary(self, image_id: str) -> dict[str, Any] | None:
         summary = getattr(self._local, "summaries", {}).pop(image_id, None)
@@ -224,63 +162,42 @@ class NeolabelDatastore(LocalDatastore):
             log.warning("label for %r refused (%d): %s", image_id, exc.status, exc)
             raise http_error(exc.status, str(exc)) from None
 
+    def _read_upload(self, path: str, image_shape: tuple[int, ...]) -> Volume:
+        """The uploaded label, refused cheaply before any voxel is read when it is too large or its
+        header does not describe the image's grid (a 1 kB header may claim 2000³ voxels)."""
+        size = os.path.getsize(path)
+        if size > self.max_upload_bytes:
+            raise SubmissionRejected(
+                f"upload of {size / 2**20:.1f} MiB is larger than the limit of {self.max_upload_bytes / 2**20:.0f} MiB "
+                "(--conf max_upload_mb)", 413)
+        try:
+            header_shape, _ = read_header(path)
+            if tuple(header_shape[:3]) != tuple(image_shape) or any(int(s) != 1 for s in header_shape[3:]):
+                raise SubmissionRejected(
+                    f"submitted label shape {tuple(header_shape)} does not match the image shape {tuple(image_shape)}",
+                    400)
+            return load_volume(path)
+        except NiftiError as exc:
+            msg = str(exc).replace(str(path), "uploaded label")
+            raise SubmissionRejected(f"corrupt or non-NIfTI label: {msg}", 400) from None
+
     def _save_label(self, image_id: str, label_filename: str, tag: str, info: dict[str, Any]) -> str:
         check_id(image_id, "image id")
         check_tag(tag)
-        if tag in RESERVED_TAGS:
+        if tag in RESERVED:
             raise SubmissionRejected(f"the {tag!r} label is written by the server; submit annotations as 'final'", 400)
         image = self.image_path(image_id)
         name = os.path.basename(str(label_filename))
         if not (name.endswith(".nii.gz") or name.endswith(".nii")):
             raise SubmissionRejected(f"unsupported label file {name!r}: upload a NIfTI file (.nii or .nii.gz)", 415)
-        try:
-            vol = load_volume(label_filename)
-        except NiftiError as exc:
-            msg = str(exc).replace(str(label_filename), "uploaded label")
-            raise SubmissionRejected(f"corrupt or non-NIfTI label: {msg}", 400) from None
         shape, affine = read_header(image)
-        data = check_submission(remap_segments(vol.data, info.get("label_info")), vol.affine, shape, affine)
+        vol = self._read_upload(label_filename, shape)
         client_id = str(info.get("client_id") or info.get("user") or ANONYMOUS)
-
-        with self._save_lock:
-            if tag != FINAL:
-                self._keep_raw(image_id, label_filename, tag)
-                return self.store_label_array(image_id, data, affine, tag, {"client_id": client_id})
-            previous = self.read_label(image_id, FINAL)
-            if previous is not None and previous.shape != data.shape:
-                previous = None
-            assignments = self._assignments_for(image_id, client_id)
-            original = self.read_label(image_id, ORIGINAL)
-            frame = original is not None and self.get_label_info(image_id, ORIGINAL).get("kind") == "frame"
-            try:
-                result = convert_submission(data, assignments, previous, original, original_is_frame=frame)
-            except SubmissionRejected as exc:
-                kept = self._keep_refused(image_id, label_filename, tag, data, original, client_id, exc)
-                if kept is None:
-                    raise
-                raise SubmissionRejected(
-                    f"{exc}. Your painting was kept on the server as {kept} (not used for training)",
-                    exc.status,
-                ) from None
-            raw = self._keep_raw(image_id, label_filename, tag)
-            summary = result.summary()
-            summary["raw_submission"] = str(raw.relative_to(self.submissions_dir.parent.parent))
-            summary["client_id"] = client_id
-            summary["saved_at"] = now_iso()
-            # label first, state second: a crash in between leaves the assignment open, and submitting
-            # the same slices again merges to the same label (merge_partial is idempotent)
-            label_id = self.store_label_array(
-                image_id,
-                result.partial,
-                affine,
-                FINAL,
-                {"partial": bool(np.any(result.partial == IGNORE)), "annotated_voxels": result.annotated_voxels,
-                 "client_id": client_id},
-            )
-            if self._on_accepted is not None:
-                summary.update(self._on_accepted(image_id, result, client_id, summary) or {})
+        label_id, summary = self.intake.accept(image_id, label_filename, tag, vol, shape, affine,
+                                               info.get("label_info"), client_id)
+        if summary:
             if not hasattr(self._local, "summaries"):
                 self._local.summaries = {}
             self._local.summaries[image_id] = summary
-            return label_id
+        return label_id
 

@@ -97,27 +97,3 @@ def merge_partial(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     except ValueError as exc:
         raise MaskError(str(exc)) from None
     return np.where(b != IGNORE, b, a).astype(np.uint8)
-
-
-def merge_all(partials: Iterable[np.ndarray]) -> np.ndarray:
-    """Merge rounds oldest first (later rounds win on overlap)."""
-    it = iter(partials)
-    try:
-        acc = np.asarray(next(it))
-    except StopIteration:
-        raise MaskError("no partial labels to merge") from None
-    acc = merge_partial(np.full(acc.shape, IGNORE, dtype=np.uint8), acc)
-    for p in it:
-        acc = merge_partial(acc, p)
-    return acc
-
-
-def submission_to_partial(
-    submitted: np.ndarray,
-    assignments: SliceAssignment | Iterable[SliceAssignment],
-    previous: np.ndarray | None = None,
-    affine: np.ndarray | None = None,
-) -> np.ndarray:
-    """What the server stores after a Slicer submission: assigned slices kept, merged with ``previous``."""
-    part = partial_label(submitted, assignments, affine)
-    return part if previous is None else merge_partial(previous, part)

@@ -28,9 +28,21 @@ import numpy as np
 
 from strategies.annotate.state import STATE_DIR
 from strategies.plan.extents import PlanEntry, entry_from_arrays
+from strategies.plan.uncertainty import slice_scores
 from training.data.labels import BRAIN
+from training.data.nifti import NiftiError, atomic_write, atomic_write_text, load_volume, save_volume
 
 log = logging.getLogger(__name__)
+
+
+def outputs_from_probabilities(image_id: str, probs: np.ndarray,
+                               affine: np.ndarray) -> tuple[np.ndarray, PlanEntry, dict[str, np.ndarray]]:
+    """(label, plan entry with the predicted brain's slices, per-slice predictive entropy): what one
+    prediction tells the planner about a scan (the server's worker and the simulation's loop)."""
+    # argmax of the probabilities: /infer's argmax of the logits up to float ties
+    label = np.argmax(probs, axis=0).astype(np.uint8)
+    scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
+    return label, entry_from_arrays(image_id, affine, label=label), scores
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,6 @@ class ScanOutputs:
 
     def label(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's label (uint8) and its affine."""
-        from training.data.nifti import load_volume
-
         v = load_volume(self.label_path)
         return np.asarray(v.data, dtype=np.uint8), v.affine
 
@@ -63,6 +73,7 @@ class ModelOutputs:
         image_uri: Callable[[str], str],
         busy: Callable[[], bool] | None = None,
         busy_poll_s: float = 5.0,
+        on_computed: Callable[[str, str, PlanEntry, dict[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.cache = Path(studies) / STATE_DIR / "cache"
         # while busy() (a retraining runs) the worker waits: it would compete for the cores / GPU memory
@@ -72,6 +83,7 @@ class ModelOutputs:
         self._model_version = model_version
         self._image_ids = image_ids
         self._image_uri = image_uri
+        self._on_computed = on_computed or (lambda *_: None)  # the catalog takes extents and scores from here
         self._outputs: dict[str, ScanOutputs] = {}
         self._failed: dict[str, str] = {}  # image id → version whose prediction failed (not retried)
         self._lock = threading.Lock()  # the dicts above
@@ -108,8 +120,6 @@ class ModelOutputs:
 
     def current_label(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The served model's label of a scan (uint8, affine); recomputed if its cache file is unreadable."""
-        from training.data.nifti import NiftiError
-
         for _ in range(2):
             out = self.current(image_id)
             if out is None:
@@ -185,8 +195,6 @@ class ModelOutputs:
             log.info("model outputs: %d scans brought to the served model in %.1f s", done, time.perf_counter() - t0)
 
     def _compute(self, image_id: str) -> ScanOutputs | None:
-        from strategies.plan.uncertainty import slice_scores
-
         with self._compute_lock:
             version, pred = self._model_version(), self._predictor()
             if version is None or pred is None:
@@ -196,12 +204,10 @@ class ModelOutputs:
                 return out  # done by another thread while this one waited
             try:
                 probs, affine = pred.predict_probabilities([self._image_uri(image_id)])
-                # argmax of the probabilities: /infer's argmax of the logits up to float ties
-                label = np.argmax(probs, axis=0).astype(np.uint8)
-                scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
+                label, entry, scores = outputs_from_probabilities(image_id, probs, affine)
                 del probs
-                entry = entry_from_arrays(image_id, affine, label=label)
                 out = self._save(image_id, str(version), label, np.asarray(affine), entry, scores)
+                self._on_computed(image_id, str(version), entry, scores)
             except Exception as exc:  # one unreadable scan must not stop the others
                 log.warning("model outputs for %s failed: %s", image_id, exc)
                 with self._lock:
@@ -218,8 +224,6 @@ class ModelOutputs:
 
     def _save(self, image_id: str, version: str, label: np.ndarray, affine: np.ndarray, entry: PlanEntry,
               scores: dict[str, np.ndarray]) -> ScanOutputs:
-        from training.data.nifti import atomic_write, atomic_write_text, save_volume
-
         label_path, stamp, scores_path = self._paths(image_id)
         # the stamp last: a crash before it leaves the old stamp, which no longer matches the scores' version
         save_volume(label_path, label, affine, dtype=np.uint8)
@@ -228,8 +232,6 @@ class ModelOutputs:
         return ScanOutputs(version, label_path, entry, scores)
 
     def _load(self, image_id: str) -> ScanOutputs | None:
-        from training.data.nifti import load_volume
-
         label, stamp, scores = self._paths(image_id)
         try:
             if not (label.is_file() and stamp.is_file() and scores.is_file()):

@@ -13,14 +13,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PRESETS = ("tiny", "cpu", "paper")
-AXIS_CHOICES = ("sagittal", "coronal", "axial", "random", "mixed")
-SELECTION_CHOICES = ("equidistant", "random", "uncertainty")
+from strategies.plan.extents import check_margin
+from strategies.plan.selection import AXIS_MODES, SELECTIONS
+from training.fit.freeze import FREEZE_DEPTH
+from training.model.presets import PRESETS
+
+# a retraining always trains and starts from the served model: the levels that do both
+RETRAIN_FREEZE_LEVELS = (*FREEZE_DEPTH, "full")
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 INIT_CHOICES = ("served", "scratch")
 # Keys MONAI Label itself may put into the conf dict; accepted and ignored.
 MONAI_LABEL_KEYS = frozenset({"server_mode"})
-# Admin-editable annotation strategy keys: persisted with the study set (see lib/state.py).
+# Admin-editable annotation strategy keys: persisted with the study set (see strategies/annotate/state.py).
 STRATEGY_KEYS = (
     "budget_total_slices",
     "budget_dispersion",
@@ -80,6 +85,17 @@ def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     return parse
 
 
+def _checked(parse: Callable[[str], Any], check: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """``parse`` then the planner's own check (one rule for the server and the planner)."""
+
+    def run(value: str) -> Any:
+        v = parse(value)
+        check(v)
+        return v
+
+    return run
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         v = str(value).strip().lower()
@@ -104,7 +120,7 @@ class AppConfig:
 
     # --- model / training
     preset: str = _conf(
-        "cpu", _choice(PRESETS), "Network preset when a model is trained from scratch (tiny, cpu, paper)."
+        "cpu", _choice(PRESETS), f"Network preset when a model is trained from scratch ({', '.join(PRESETS)})."
     )
     epochs: int = _conf(10, _int(1, 10000), "Epochs of one retraining run (`/train`, count or schedule trigger).")
     train_from: str = _conf(
@@ -112,7 +128,7 @@ class AppConfig:
     )
     freeze: str = _conf(
         "full",
-        _choice(("shallow", "medium", "deep", "full")),
+        _choice(RETRAIN_FREEZE_LEVELS),
         "Layers retrained when starting from the served model (transfer learning levels of the paper: "
         "shallow = bottleneck and adjacent blocks, medium/deep = 1/2 more blocks each side, full = all).",
     )
@@ -142,14 +158,14 @@ class AppConfig:
         _float(0.0, 1.0, lo_open=True),
         "Fraction of a scan's usable slices one scan receives (1.0 = whole scans).",
     )
-    budget_axis: str = _conf("axial", _choice(AXIS_CHOICES), "Slicing axis: sagittal, coronal, axial, random, mixed.")
+    budget_axis: str = _conf("axial", _choice(AXIS_MODES), f"Slicing axis: {', '.join(AXIS_MODES)}.")
     budget_margin: float = _conf(
-        0.1, _float(0.0, 0.49), "Fraction of the brain's extent along the axis excluded at each end."
+        0.1, _checked(_float(), check_margin), "Fraction of the brain's extent along the axis excluded at each end."
     )
     budget_selection: str = _conf(
         "equidistant",
-        _choice(SELECTION_CHOICES),
-        "How slices are chosen within a scan: equidistant, random, uncertainty.",
+        _choice(SELECTIONS),
+        f"How slices are chosen within a scan: {', '.join(SELECTIONS)}.",
     )
     seed: int = _conf(0, _int(0), "Seed of every random choice (same config + seed = same plan).")
     lease_minutes: float = _conf(

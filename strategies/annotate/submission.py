@@ -17,7 +17,7 @@ import numpy as np
 
 from strategies.annotate.masks import assignment_mask, merge_partial, partial_label
 from strategies.plan.assignment import SliceAssignment
-from training.data.labels import CLASSES, IGNORE, LabelError, validate_label
+from training.data.labels import CLASSES, FRAME, IGNORE, LabelError, is_frame_segment, validate_label
 
 ANONYMOUS = "anonymous"  # client id of a submission that names none
 
@@ -74,15 +74,21 @@ def check_submission(
         raise SubmissionRejected(str(exc), 400) from None
 
 
-def remap_segments(label: np.ndarray, label_info: Any) -> np.ndarray:
+def remap_segments(label: np.ndarray, label_info: Any, frame: np.ndarray | None = None) -> np.ndarray:
     """Map the values of a Slicer export back to drawem9 classes using the plugin's ``label_info``.
 
     Slicer numbers the exported segments by their position (``idx``), not by class; the plugin sends
     ``[{"name": segment name, "idx": value}, ...]`` with the upload. Names are matched against the class
-    keys and names of ``training.data.labels``. A painted segment whose name is not a class is refused.
+    keys and names of ``training.data.labels``. A painted segment whose name is not a class is refused;
+    the server's assignment frame (a segment of its own) is unpainted. Without ``label_info`` the values
+    are classes, except the frame's value where ``frame`` (the ``original`` label's frame) lies.
     """
     if not label_info:
-        return label
+        lab = np.asarray(label)
+        if frame is None:
+            return lab
+        left = frame & (lab == FRAME)
+        return np.where(left, 0, lab).astype(lab.dtype) if left.any() else lab
     if not isinstance(label_info, list):
         raise SubmissionRejected("params.label_info must be a list of {name, idx}", 400)
     by_name = {c.key.lower(): c.value for c in CLASSES}
@@ -97,7 +103,7 @@ def remap_segments(label: np.ndarray, label_info: Any) -> np.ndarray:
             idx = int(item["idx"])
         except (TypeError, ValueError):
             raise SubmissionRejected(f"params.label_info idx {item['idx']!r} is not an integer", 400) from None
-        value = by_name.get(str(item["name"]).strip().lower())
+        value = 0 if is_frame_segment(item["name"]) else by_name.get(str(item["name"]).strip().lower())
         if value is None:
             if idx in present and idx != 0:
                 raise SubmissionRejected(
@@ -108,24 +114,30 @@ def remap_segments(label: np.ndarray, label_info: Any) -> np.ndarray:
     return out
 
 
+def paint_like_slicer(dense_label: np.ndarray, assignments: list[SliceAssignment]) -> np.ndarray:
+    """What Slicer submits when an annotator paints the assigned slices exactly as ``dense_label``:
+    a full labelmap, the classes on the assigned slices and 0 everywhere else (the simulation's oracle)."""
+    lab = np.asarray(dense_label, dtype=np.uint8)
+    mask = assignment_mask(lab.shape, assignments)
+    out = np.zeros(lab.shape, dtype=np.uint8)
+    out[mask] = lab[mask]
+    return out
+
+
 def convert_submission(
     label: np.ndarray,
     assignments: list[SliceAssignment] | None,
     previous: np.ndarray | None = None,
     original: np.ndarray | None = None,
-    original_is_frame: bool = False,
 ) -> SubmissionResult:
     """Partial label for a checked submission; raises :class:`SubmissionRejected` when nothing is usable.
 
-    ``original`` is the ``original`` label the annotator may have started from: an assigned slice
-    left exactly as the model's pre-segmentation is not an annotation (it goes back to the budget),
-    and the marking frame of a model-less start (``original_is_frame``) is never taken as class 4.
+    ``original`` is the model's pre-segmentation the annotator may have started from: an assigned
+    slice left exactly as pre-segmented is not an annotation (it goes back to the budget). (The frame
+    of a model-less start is removed by :func:`remap_segments`; it is no class.)
     """
     lab = np.asarray(label, dtype=np.uint8)
     if original is not None and original.shape != lab.shape:
-        original = None
-    if original is not None and original_is_frame:
-        lab = np.where((original != 0) & (lab == original), 0, lab).astype(np.uint8)
         original = None
     if np.any(lab == IGNORE):
         part = lab.copy()

@@ -221,17 +221,19 @@ def next_assignment(
         why = f"budget of {cfg.total_slices} slices spent ({st.spent} annotated, {st.reserved} leased)"
         return NextAssignment([], st, why)
     leased = {lease.image for lease in st.leases}
-    candidates = []
+    candidates = set()
     for e in entries:
         if e.id in leased:
             continue
         avail, _ = volume_capacity(e, cfg, st.annotated.get(e.id))
         if avail > 0:
-            candidates.append(e)
+            candidates.add(e.id)
     if not candidates:
         why = "all remaining scans are leased" if leased else "no scan has un-annotated usable slices left"
         return NextAssignment([], st, why)
-    order = ordered_entries(candidates, cfg, scores if cfg.selection == "uncertainty" else None, st.annotated)
+    # the planner's order over every scan (not only the ones left), so a scan keeps its place
+    order = ordered_entries(entries, cfg, scores if cfg.selection == "uncertainty" else None, st.annotated)
+    order = [e for e in order if e.id in candidates]
     if not (cfg.selection == "uncertainty" and scores):
         rank = {e.id: r for r, e in enumerate(order)}
         order = sorted(order, key=lambda e: (st.visits.get(e.id, 0), rank[e.id]))

@@ -9,8 +9,7 @@ diversity (neighbouring slices are nearly redundant for annotation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -141,34 +140,6 @@ def rank_slices(
     return chosen
 
 
-def select_uncertain_slices(
-    probs: np.ndarray,
-    voxel_axis: int,
-    k: int,
-    *,
-    mask: np.ndarray | None = None,
-    min_spacing: int = 3,
-    exclude: Iterable[int] = (),
-) -> list[int]:
-    """The ``k`` most uncertain brain slices of one scan along ``voxel_axis`` (sorted voxel indices)."""
-    scores = slice_entropy(probs, voxel_axis, mask)
-    candidates = None
-    if mask is not None:
-        m = np.asarray(mask) != 0
-        other = tuple(a for a in range(3) if a != voxel_axis)
-        candidates = np.flatnonzero(m.any(axis=other))
-    return sorted(rank_slices(scores, k, min_spacing=min_spacing, candidates=candidates, exclude=exclude))
-
-
-def scan_uncertainty(probs: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean normalised entropy over the mask (whole volume without one): a scan's score."""
-    e = voxel_entropy(probs)
-    if mask is None:
-        return float(e.mean())
-    m = np.asarray(mask) != 0
-    if m.shape != e.shape:
-        raise UncertaintyError(f"mask shape {m.shape} does not match the probability map {e.shape}")
-    return float(e[m].mean()) if m.any() else 0.0
 
 
 def remaining_uncertainty(
@@ -184,33 +155,3 @@ def remaining_uncertainty(
     if top is not None:
         left = np.sort(left)[::-1][: max(0, int(top))]
     return float(left.sum())
-
-
-def pick_scan(
-    scan_scores: Mapping[str, float] | Mapping[str, np.ndarray],
-    *,
-    exclude: Iterable[str] = (),
-    annotated: Mapping[str, Iterable[int]] | None = None,
-    top: int | None = None,
-) -> str | None:
-    """The scan with the most uncertainty left.
-
-    ``scan_scores`` maps scan id → a scalar score, or → per-slice scores (then the sum of the
-    ``top`` best slices not yet in ``annotated[id]`` counts). Ties go to the smaller id, so the
-    choice is deterministic. ``None`` when nothing is left.
-    """
-    ex = set(exclude)
-    best: tuple[float, str] | None = None
-    for sid in sorted(scan_scores):
-        if sid in ex:
-            continue
-        val: Any = scan_scores[sid]
-        arr = np.asarray(val, dtype=np.float64)
-        score = float(arr) if arr.ndim == 0 else remaining_uncertainty(arr, (annotated or {}).get(sid, ()), top=top)
-        if not np.isfinite(score):
-            raise UncertaintyError(f"scan {sid}: score is not finite")
-        if score <= 0:
-            continue
-        if best is None or score > best[0]:
-            best = (score, sid)
-    return None if best is None else best[1]

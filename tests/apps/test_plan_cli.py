@@ -17,7 +17,7 @@ from apps.commands.plan import plan as plan_command
 from strategies.plan.axes import plane_positions_mm
 from strategies.plan.extents import ExtentCache, entries_from_dataset, entry_from_arrays
 from training.data.dataset import open_dataset
-from training.data.synthetic import write_studies_folder, write_study_set
+from training.data.synthetic.write import write_studies_folder, write_study_set
 
 N_SUBJECTS = 5
 SHAPE = (24, 30, 30)

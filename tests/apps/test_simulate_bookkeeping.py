@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.simulate import SimulationConfig, run_simulation
 from apps.simulation.backend import Scores, TrainOutcome
 from apps.simulation.conditions import ConditionError, build_conditions, parse_dispersion
+from apps.simulation.config import SimulationConfig
 from apps.simulation.data import SimulationError
 from apps.simulation.report import CSV_COLUMNS
+from apps.simulation.run import run_simulation
 from training.data import labels as L
 from training.data.nifti import load_volume, save_volume
 
@@ -29,7 +30,7 @@ SPACING = 3.4
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory) -> Path:
     """A tiny dHCP tree with enough scans for a baseline of 1 volume and 3x dispersion, plus 2 test scans."""
-    from training.data.synthetic import write_study_set
+    from training.data.synthetic.write import write_study_set
 
     root = tmp_path_factory.mktemp("simdata") / "dhcp"
     write_study_set(root, subjects=9, shape=SHAPE, spacing=SPACING, seed=3)

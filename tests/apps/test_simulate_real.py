@@ -8,7 +8,8 @@ import math
 
 from typer.testing import CliRunner
 
-from apps.simulate import SimulationConfig, run_simulation
+from apps.simulation.config import SimulationConfig
+from apps.simulation.run import run_simulation
 from training.data import labels as L
 
 SHAPE = (32, 40, 40)

@@ -3,6 +3,7 @@ accepted saves become partial labels, keep the raw upload, and survive 20 concur
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
@@ -17,6 +18,14 @@ from training.data.nifti import load_volume, save_volume
 @pytest.fixture()
 def studies(served_copy, synth_root, tmp_path):
     return served_copy(synth_root, tmp_path)
+
+
+def _db_dump(studies):
+    """Every row of the annotation database, as SQL (a refused or failed save must leave it as it was)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con:
+        return list(con.iterdump())
 
 
 def _put(client, image_id, path_or_bytes, tag=None, name="label.nii.gz", params=None):
@@ -158,11 +167,18 @@ def test_twenty_concurrent_saves(inprocess_server, oracle, studies, synth_root, 
         for t in threads:
             t.join(timeout=120)
         assert not errors
-    ds = json.loads((studies / "datastore_v2.json").read_text())  # valid JSON
-    state = json.loads((studies / ".neolabel" / "state.json").read_text())
-    assert state["labels_saved"] == 20
+    json.loads((studies / "datastore_v2.json").read_text())  # valid JSON
+    from monailabel.datastore.local import LocalDatastore
+
+    from strategies.annotate.db import counter
+    from strategies.annotate.state import open_state
+
+    db = open_state(studies)
+    assert counter(db.read(), "labels_saved") == 20
+    assert db.read().execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 20
+    reopened = LocalDatastore(str(studies), extensions=("*.nii.gz", "*.nii"), auto_reload=False)  # as at a restart
     for image_id in ids:
-        assert "final" in ds["objects"][image_id]["labels"]
+        assert reopened.get_label_uri(image_id, "final")
         stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
         ref = refs[image_id]
         mine = [j for i, _, j in jobs if i == image_id]
@@ -222,7 +238,7 @@ def test_a_crash_mid_save_leaves_the_previous_state(inprocess_app, oracle, paint
         before_label = final.read_bytes()
         b = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         assert b["id"] != image_id  # the first scan was submitted: alice moves on
-        before_state = (studies / ".neolabel" / "state.json").read_bytes()
+        before_state = _db_dump(studies)
         real_replace = os.replace
 
         def crash(src, dst):
@@ -239,7 +255,7 @@ def test_a_crash_mid_save_leaves_the_previous_state(inprocess_app, oracle, paint
             _put(client, image_id, p2)
         monkeypatch.setattr(nifti.os, "replace", real_replace)
         assert final.read_bytes() == before_label
-        assert (studies / ".neolabel" / "state.json").read_bytes() == before_state
+        assert _db_dump(studies) == before_state
         json.loads((studies / "datastore_v2.json").read_text())
         assert not list((studies / "labels" / "final").glob(".tmp-*"))
 
@@ -247,13 +263,14 @@ def test_a_crash_mid_save_leaves_the_previous_state(inprocess_app, oracle, paint
 def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_annotation(inprocess_app, oracle,
         painted, snapshot, studies, synth_root, tmp_path):
     """The plugin loads `original` only with params.label_names; submitting it unedited annotates nothing."""
-    from neonatal_app.lib.infers.segmentation import slicer_label_map
+    from training.data.labels import FRAME, FRAME_NAME, slicer_label_map
 
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
         image_id = a["id"]
         info = client.get("/datastore/?output=all").json()["objects"][image_id]["labels"]["original"]["info"]
-        assert list(info["params"]["label_names"]) == list(slicer_label_map())  # value v ↔ name v-1
+        # value v ↔ name v-1, and the frame (no class) as a segment of its own after the classes
+        assert info["params"]["label_names"] == {**slicer_label_map(), FRAME_NAME: FRAME}
         original = client.get(f"/datastore/label?label={image_id}&tag=original")
         assert original.status_code == 200
         p = tmp_path / "original.nii.gz"
@@ -263,7 +280,7 @@ def test_original_label_is_loadable_by_the_plugin_and_an_untouched_one_is_no_ann
         assert r.status_code == 400 and "empty submission" in r.json()["detail"]
         assert snapshot(studies) == before
 
-        # painted on top of the frame: the frame voxels left as they were are not taken as class 4
+        # painted on top of the frame: the frame voxels left as they were are unpainted (0), never a class
         ref = oracle(synth_root, image_id)
         frame = load_volume(p).data
         sub = painted(ref, a["slices"], stray=False)
@@ -317,7 +334,7 @@ def test_image_upload_never_overwrites_or_escapes(inprocess_app, snapshot, studi
 def test_painting_off_the_assigned_slices_is_refused_but_kept(inprocess_app, oracle, painted, snapshot, studies,
         synth_root, tmp_path, monkeypatch):
     """Refused for training, yet kept aside with the reason (bounded per scan); the datastore is unchanged."""
-    import neonatal_app.lib.datastore as ds
+    import strategies.annotate.intake as intake
 
     with inprocess_app(studies) as (client, _app):
         a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
@@ -332,7 +349,7 @@ def test_painting_off_the_assigned_slices_is_refused_but_kept(inprocess_app, ora
         p = tmp_path / "off.nii.gz"
         save_volume(p, off, ref.affine, np.uint8)
         before = snapshot(studies)
-        monkeypatch.setattr(ds, "MAX_REFUSED_PER_IMAGE", 1)
+        monkeypatch.setattr(intake, "MAX_REFUSED_PER_IMAGE", 1)
         first, second = _put(client, image_id, p), _put(client, image_id, p)
         assert first.status_code == second.status_code == 400
         assert "nothing was painted on the assigned slices" in first.json()["detail"]

@@ -114,7 +114,7 @@ def test_model_appears_when_published_and_drives_infer_and_uncertainty(make_mode
         assert not orig[~assigned_mask(orig.shape, u["slices"])].any()
 
         # a newer model file is picked up without restart (mtime change)
-        from training.infer.predict import Predictor  # noqa: F401 - loaded by the infer task
+        from training.infer.predictor import Predictor  # noqa: F401 - loaded by the infer task
 
         task = _app._infers["segmentation"]
         p1 = task.predictor()

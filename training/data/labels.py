@@ -47,6 +47,10 @@ TISSUE: tuple[int, ...] = tuple(c.value for c in CLASSES if c.tissue)
 BRAIN: tuple[int, ...] = TISSUE
 """Classes that make up the brain (used for brain extents and margins)."""
 VALID_VALUES: frozenset[int] = frozenset([c.value for c in CLASSES] + [IGNORE])
+FRAME: int = 254
+"""Value of the frame that marks the assigned slices in the ``original`` label before a model exists:
+not a class, so a frame left in an upload can never be mistaken for an annotation (it means "unpainted")."""
+FRAME_NAME: str = "assigned slice (frame)"
 LABEL_VERSION: str = "drawem9-v1"
 
 
@@ -61,6 +65,16 @@ def class_names() -> dict[int, str]:
 def label_map() -> dict[str, int]:
     """``{key: value}`` as MONAI Label expects for ``labels`` (background included)."""
     return {c.key: c.value for c in CLASSES}
+
+
+def slicer_label_map() -> dict[str, int]:
+    """Classes 1–9 as the Slicer plugin numbers segments (sorted by value; it treats 0 as background)."""
+    return {c.key: c.value for c in CLASSES if c.value != OUTER_BACKGROUND}
+
+
+def is_frame_segment(name: str) -> bool:
+    """Whether a Slicer segment name is the server's assignment frame (not a class)."""
+    return str(name).strip().lower() == FRAME_NAME
 
 
 def slicer_colors() -> dict[str, tuple[float, float, float]]:

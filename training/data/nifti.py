@@ -95,7 +95,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
 
     Readers see the old file or the new one, never half of one; on any error the temporary file is
-    removed and ``path`` is untouched.
+    removed and ``path`` is untouched. The file and the rename are fsynced before returning, so a
+    caller may record (and acknowledge) the path afterwards: a crash or power cut cannot undo it.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +105,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and labels are meant to be shared
+        _fsync(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(p.parent)
     return p
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -10,21 +10,20 @@ groups (only when there are more than 220) are listed under ``unused``.
 Deterministic: ranking is by (scan age, id), so the input order does not matter, and the
 train/test draw uses ``numpy.random.default_rng(seed)`` on the sorted target ids.
 
-Command line: ``python -m training.data.splits DATA --out split.json [--source-n 100 --target-n 120
---target-train 40 --seed 0]`` (DATA = a dHCP tree or anything ``training.data.dataset.open_dataset`` reads).
+Command line: ``neolabel split DATA --out split.json`` (``apps/commands/split.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.data.nifti import atomic_write_text
 
 SPLIT_VERSION = 1
 
@@ -127,9 +126,7 @@ def age_split(subjects: Iterable[Any] | Mapping[str, float | None], source_n: in
 
 
 def write_split(split: dict, out: str | Path) -> Path:
-    """Write the split JSON atomically."""
-    from training.data.nifti import atomic_write_text
-
+    """Write the split JSON atomically (a reader never sees half a split)."""
     p = Path(out)
     atomic_write_text(p, json.dumps(split, indent=2) + "\n")
     return p
@@ -152,34 +149,3 @@ def read_split(path: str | Path) -> dict:
             raise SplitError(f"{p}: {sorted(overlap)[:3]} appear in more than one group")
         seen |= set(d[g])
     return d
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.data.splits", description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", help="study set (dHCP tree with sessions.tsv scan ages, or a synthetic set)")
-    ap.add_argument("--out", required=True, help="split JSON to write")
-    ap.add_argument("--source-n", type=int, default=100)
-    ap.add_argument("--target-n", type=int, default=120)
-    ap.add_argument("--target-train", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    from training.data.dataset import open_dataset
-
-    try:
-        ds = open_dataset(a.data)
-        split = age_split(ds.subjects, a.source_n, a.target_n, a.target_train, a.seed)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    write_split(split, a.out)
-    ag = split["ages"]
-    t_lo = min(ag["target_train"]["min"], ag["target_test"]["min"])
-    t_hi = max(ag["target_train"]["max"], ag["target_test"]["max"])
-    print(f"source {ag['source']['n']} ({ag['source']['min']}–{ag['source']['max']} w), "
-          f"target train {ag['target_train']['n']} / test {ag['target_test']['n']} ({t_lo}–{t_hi} w)"
-          f"{' [scaled down]' if split['scaled'] else ''} → {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,19 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from monai.transforms import RandomizableTransform
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    Rand3DElasticd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandomizableTransform,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
 
 from training.config_dict import config_from_dict
 
@@ -57,21 +69,11 @@ class AugmentConfig:
         return AugmentConfig.from_dict(d)
 
 
-def build_augmentations(cfg: AugmentConfig, patch_size: tuple[int, int, int]):  # -> monai.transforms.Compose
-    """Spatial (elastic, affine → patch, flips) then intensity transforms; output has ``patch_size``."""
-    from monai.transforms import (
-        CenterSpatialCropd,
-        Compose,
-        Rand3DElasticd,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandGaussianSmoothd,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        SpatialPadd,
-    )
+def build_augmentations(cfg: AugmentConfig, patch_size: tuple[int, int, int]) -> Compose:
+    """Spatial (elastic, affine → patch, flips) then intensity transforms; output has ``patch_size``.
 
+    Spatial first, so the intensity transforms only pay for the patch, not for the context crop.
+    """
     keys = ("image", "label")
     modes = (cfg.image_mode, "nearest")
     pads = ("zeros", "zeros")

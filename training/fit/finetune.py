@@ -1,21 +1,10 @@
-"""Transfer learning: freeze levels defined on the U-Net's *structure*, not on parameter names.
+"""Transfer learning: freeze levels applied to the U-Net's *structure*, not to parameter names.
 
 Why structure: the paper's public code listed parameter names per freeze level, and those lists
-silently stopped matching when MONAI renamed modules. Here a level is a depth measured from the
-bottleneck, and the blocks at each depth are found by walking DynUNet's topology
-(``skip_layers``: a chain of ``DynUNetSkipLayer(downsample, upsample, super_head, next_layer)``
-ending in the bottleneck). Names are only used to *report* what trains.
-
-Levels (Richter & Fetit 2022, transfer experiment), with ``d`` = distance from the bottleneck
-(encoder block at resolution level ``i`` of an ``L``-level U-Net has ``d = L-1-i``; so has the
-decoder block that outputs that level, its deep-supervision head and, at level 0, the output block):
-
-* ``none``    — no training at all: the source model is evaluated as it is;
-* ``shallow`` — ``d ≤ 1``: bottleneck + the directly adjacent encoder and decoder block;
-* ``medium``  — ``d ≤ 2``: + one more encoder and decoder block on each side;
-* ``deep``    — ``d ≤ 3``: + two more;
-* ``full``    — every parameter trains (fine-tuning from the checkpoint);
-* ``scratch`` — every parameter trains from random initialisation (the checkpoint is not loaded).
+silently stopped matching when MONAI renamed modules. Here a level (:mod:`training.fit.freeze`
+names them) is a depth measured from the bottleneck, and the blocks at each depth are found by
+walking DynUNet's topology (:func:`training.model.levels.unet_levels`). Names are only used to
+*report* what trains.
 
 With a 4-level network (the ``tiny`` and ``cpu`` presets) ``deep`` already reaches level 0, so it
 equals ``full``; with the 6-level ``paper`` preset the two outer levels stay frozen at ``deep``.
@@ -34,21 +23,19 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from training.fit.freeze import FREEZE_DEPTH, NEEDS_INIT, FreezeError, check_level
+from training.fit.result import TrainResult
+from training.model.checkpoint import load_checkpoint, save_checkpoint
+from training.model.levels import UNetStructureError, bottleneck_extras, module_names, unet_levels
+from training.model.network import NetworkConfig
+
 log = logging.getLogger(__name__)
-
-FREEZE_LEVELS: tuple[str, ...] = ("none", "shallow", "medium", "deep", "full", "scratch")
-"""Valid ``freeze`` values; ``full`` is the default (everything trains, from ``init`` when given)."""
-
-_DEPTH: dict[str, int] = {"shallow": 1, "medium": 2, "deep": 3}
-
-
-class FreezeError(ValueError):
-    """Unknown freeze level, a network whose U-Net structure cannot be found, or a bad init checkpoint."""
 
 
 @dataclass
@@ -74,78 +61,6 @@ class FreezeReport:
                 f"trained: {', '.join(self.trained_modules) or '-'}")
 
 
-def check_level(level: str) -> str:
-    """Normalised freeze level or a :class:`FreezeError` listing the valid ones."""
-    lv = str(level).strip().lower()
-    if lv not in FREEZE_LEVELS:
-        raise FreezeError(f"unknown freeze level {level!r}; choose one of {', '.join(FREEZE_LEVELS)}")
-    return lv
-
-
-@dataclass
-class UNetLevel:
-    """The blocks at one resolution level (0 = full resolution) and their distance from the bottleneck."""
-
-    index: int
-    depth: int
-    modules: list[nn.Module]
-
-
-def unet_levels(model: nn.Module) -> tuple[list[UNetLevel], nn.Module]:
-    """Walk a DynUNet's topology: per resolution level its encoder/decoder/head blocks, plus the bottleneck.
-
-    Uses ``skip_layers`` (the chain DynUNet actually runs in ``forward``); falls back to the
-    ``input_block``/``downsamples``/``upsamples`` lists if that chain is missing.
-    """
-    per_level: list[list[nn.Module]] = []
-    layer = getattr(model, "skip_layers", None)
-    if layer is not None and hasattr(layer, "next_layer"):
-        while hasattr(layer, "next_layer") and hasattr(layer, "downsample"):
-            mods = [layer.downsample, layer.upsample]
-            head = getattr(layer, "super_head", None)
-            if isinstance(head, nn.Module):
-                mods.append(head)
-            per_level.append(mods)
-            layer = layer.next_layer
-        bottleneck = layer
-    else:
-        try:
-            enc = [model.input_block, *model.downsamples]
-            dec = list(model.upsamples)[::-1]
-            bottleneck = model.bottleneck
-        except AttributeError as exc:
-            raise FreezeError(f"{type(model).__name__} has no DynUNet structure (input_block/downsamples/"
-                              f"bottleneck/upsamples): freeze levels need a U-Net") from exc
-        if len(enc) != len(dec):
-            raise FreezeError(f"encoder has {len(enc)} blocks but decoder {len(dec)}: not a DynUNet")
-        heads = list(getattr(model, "deep_supervision_heads", []) or [])
-        per_level = [[e, d] for e, d in zip(enc, dec, strict=True)]
-        for i, h in enumerate(heads):  # DynUNet: head i reads the decoder output of level i + 1
-            if i + 1 < len(per_level):
-                per_level[i + 1].append(h)
-    if bottleneck is None or not per_level:
-        raise FreezeError(f"{type(model).__name__}: no encoder/decoder levels found")
-    out_block = getattr(model, "output_block", None)
-    if isinstance(out_block, nn.Module):
-        per_level[0].append(out_block)
-    n = len(per_level) + 1  # + bottleneck level
-    levels = [UNetLevel(i, n - 1 - i, mods) for i, mods in enumerate(per_level)]
-    return levels, bottleneck
-
-
-def _bottleneck_extras(model: nn.Module) -> list[nn.Module]:
-    """Modules that read the bottleneck and train with it (the AgeU-Net age head)."""
-    head = getattr(model, "age_head", None)
-    return [head] if isinstance(head, nn.Module) else []
-
-
-def _names(model: nn.Module) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for name, mod in model.named_modules():  # first (shortest, registration-order) name wins
-        names.setdefault(id(mod), name or type(mod).__name__)
-    return names
-
-
 def apply_freeze(model: nn.Module, level: str) -> FreezeReport:
     """Set ``requires_grad`` per freeze ``level`` on a DynUNet (optionally with an age head).
 
@@ -155,10 +70,13 @@ def apply_freeze(model: nn.Module, level: str) -> FreezeReport:
     :class:`FreezeError` is raised. Use :func:`trainable_parameters` to build the optimiser.
     """
     lv = check_level(level)
-    levels, bottleneck = unet_levels(model)
-    names = _names(model)
+    try:
+        levels, bottleneck = unet_levels(model)
+    except UNetStructureError as exc:
+        raise FreezeError(str(exc)) from exc
+    names = module_names(model)
     groups: list[tuple[int, list[nn.Module]]] = [(lvl.depth, lvl.modules) for lvl in levels]
-    groups.append((0, [bottleneck, *_bottleneck_extras(model)]))
+    groups.append((0, [bottleneck, *bottleneck_extras(model)]))
 
     owner: dict[int, int] = {}  # id(param) -> depth
     for depth, mods in groups:
@@ -166,12 +84,12 @@ def apply_freeze(model: nn.Module, level: str) -> FreezeReport:
             for p in m.parameters():
                 owner.setdefault(id(p), depth)
     params = list(model.parameters())
-    if lv not in ("full", "scratch", "none"):
+    if lv in FREEZE_DEPTH:  # a partial freeze must be able to place every parameter at a depth
         stray = [n for n, p in model.named_parameters() if id(p) not in owner]
         if stray:
             raise FreezeError(f"parameters outside the U-Net structure, cannot place them at a freeze level: "
                               f"{', '.join(stray[:5])}{' …' if len(stray) > 5 else ''}")
-    max_depth = _DEPTH.get(lv)
+    max_depth = FREEZE_DEPTH.get(lv)
 
     def trains(p: torch.Tensor) -> bool:
         if lv == "none":
@@ -199,15 +117,13 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def load_init_weights(model: nn.Module, init: str | os.PathLike, network_cfg: Any | None = None) -> list[str]:
+def load_init_weights(model: nn.Module, init: str | os.PathLike, network_cfg: NetworkConfig | None = None) -> list[str]:
     """Copy a checkpoint's weights into ``model``; returns the parameter names the checkpoint lacked.
 
     Networks must match except for an optional age head: fine-tuning a segmentation-only
     checkpoint into an AgeU-Net leaves the (new) age head randomly initialised; a checkpoint's age
     head is dropped when the target network has none.
     """
-    from training.model.checkpoint import load_checkpoint
-
     ck = load_checkpoint(init)
     if network_cfg is not None:
         a = {k: v for k, v in ck.network.to_dict().items() if k != "age_head"}
@@ -226,7 +142,7 @@ def load_init_weights(model: nn.Module, init: str | os.PathLike, network_cfg: An
 
 
 def prepare_finetune(model: nn.Module, init: str | os.PathLike | None, level: str = "full",
-                     network_cfg: Any | None = None) -> FreezeReport:
+                     network_cfg: NetworkConfig | None = None) -> FreezeReport:
     """Load ``init`` (unless ``scratch``) and apply the freeze ``level``: the one call the trainers make.
 
     ``shallow``/``medium``/``deep``/``none`` need ``init`` (freezing random weights is meaningless);
@@ -235,7 +151,7 @@ def prepare_finetune(model: nn.Module, init: str | os.PathLike | None, level: st
     lv = check_level(level)
     if lv == "scratch" and init is not None:
         raise FreezeError("freeze level 'scratch' trains from random weights; do not pass an init checkpoint")
-    if lv in ("none", "shallow", "medium", "deep") and init is None:
+    if lv in NEEDS_INIT and init is None:
         raise FreezeError(f"freeze level {lv!r} needs an init checkpoint to start from")
     if init is not None:
         missing = load_init_weights(model, init, network_cfg)
@@ -254,17 +170,12 @@ def iter_frozen(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
             yield name, p
 
 
-def copy_without_training(init: str | os.PathLike, out_dir: str | os.PathLike, train_config: dict) -> Any:
+def copy_without_training(init: str | os.PathLike, out_dir: str | os.PathLike, train_config: dict) -> TrainResult:
     """Freeze level ``none``: publish the init checkpoint unchanged as ``best.pt``/``last.pt`` (epoch 0).
 
-    Returns a :class:`training.fit.train.TrainResult`, so "no fine-tuning" flows through the same
+    Returns a :class:`training.fit.result.TrainResult`, so "no fine-tuning" flows through the same
     evaluation and publishing path as every other level.
     """
-    from pathlib import Path
-
-    from training.fit.train import TrainResult
-    from training.model.checkpoint import load_checkpoint, save_checkpoint
-
     ck = load_checkpoint(init)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from training.config_dict import config_from_dict
 from training.data.labels import IGNORE, TISSUE
@@ -124,6 +125,7 @@ class TrainCase:
 
 def make_case(case_id: str, image: np.ndarray, label: np.ndarray, max_candidates: int = 20000,
               seed: int = 0) -> TrainCase:
+    """A pre-processed subject ready to sample from: its candidate voxels are drawn once, not per patch."""
     return TrainCase(case_id, image, label, build_candidates(label, max_candidates, seed))
 
 
@@ -165,8 +167,6 @@ class PatchDataset:
         return {"image": image, "label": label, "seed": int(rng.integers(2**31 - 1)), "case": case_index}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import torch
-
         item = self.sample(index)
         seed = item.pop("seed")
         case_index = item.pop("case")  # which case the patch came from (per-case targets, e.g. scan age)
@@ -180,9 +180,7 @@ class PatchDataset:
         return {"image": image.contiguous(), "label": label.contiguous(), "case": case_index}
 
 
-def _plain_tensor(x: Any):
-    import torch
-
+def _plain_tensor(x: Any) -> torch.Tensor:
     if hasattr(x, "as_tensor"):  # MONAI MetaTensor → plain tensor (no meta tracking in the batch)
         return x.as_tensor()
     return torch.as_tensor(np.asarray(x))

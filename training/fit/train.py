@@ -1,5 +1,10 @@
 """Masked-loss training on (partial) labels: the library function behind ``neolabel train`` and the app.
 
+:func:`train` is the entry point; the run itself is a :class:`Trainer` (nnU-Net style), whose
+steps are separate so each can be read, tested and changed alone: ``setup`` (device, data,
+network, optimiser, scheduler, resume, logs), then per epoch ``run_epoch``, ``validate`` and
+``save``, all driven by ``fit``.
+
 Data: every subject is pre-processed once (``preprocess_subject``) and held in memory; a
 ``PatchDataset`` draws annotated-voxel patches and augments them per iteration.
 
@@ -11,6 +16,7 @@ Both are overridable in ``TrainConfig``.
 
 Checkpoints: ``last.pt`` after every epoch (with optimiser/scheduler state, for ``resume``) and
 ``best.pt`` by validation tissue Dice (without validation subjects: ``best.pt`` = latest epoch).
+Both carry the resolved ``TrainConfig`` (also written to ``train_config.json``) and the history.
 """
 
 from __future__ import annotations
@@ -21,21 +27,33 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.data.meta_obj import get_track_meta, set_track_meta
+from monai.inferers import sliding_window_inference
+from tqdm.auto import tqdm
 
 from training.config_dict import config_from_dict
-from training.data.labels import IGNORE, NUM_CLASSES, TISSUE
+from training.data.labels import IGNORE, NUM_CLASSES
 from training.data.nifti import atomic_write
-from training.data.preprocess import PreprocessConfig
-from training.evaluate.segmentation import dice_per_class
-from training.fit.augment import AugmentConfig
-from training.fit.sampling import SamplingConfig
-from training.model.network import PRESETS
+from training.data.preprocess import PreprocessConfig, preprocess_subject
+from training.fit.age import DEFAULT_AGE_WEIGHT, AgeTraining
+from training.fit.augment import AugmentConfig, build_augmentations
+from training.fit.finetune import FreezeReport, copy_without_training, prepare_finetune, trainable_parameters
+from training.fit.freeze import FreezeError, check_level
+from training.fit.loss import MaskedDiceCELoss
+from training.fit.result import TrainResult
+from training.fit.sampling import PatchDataset, SamplingConfig, TrainCase, make_case
+from training.metrics import dice_per_class, tissue_mean
+from training.model.checkpoint import load_checkpoint, save_checkpoint
+from training.model.network import NetworkConfig, build_network, network_config
+from training.model.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +70,8 @@ _OPT_DEFAULTS = {
 
 @dataclass
 class TrainConfig:
+    """Everything a run depends on; ``resolved()`` fills the preset defaults and is what checkpoints store."""
+
     preset: str = "cpu"
     epochs: int = 50
     iterations_per_epoch: int | None = None  # None → max(25, 4 × number of training subjects)
@@ -78,9 +98,9 @@ class TrainConfig:
     resume: bool = False
     time_limit_s: float | None = None  # stop (after the current epoch's checkpoint) once exceeded
     tensorboard: bool = True
-    freeze: str = "full"  # transfer learning: none|shallow|medium|deep|full|scratch (training/finetune.py)
-    age_head: bool = False  # AgeU-Net: + scan-age regression head, loss += age_weight · MSE (training/age.py)
-    age_weight: float = 0.01
+    freeze: str = "full"  # transfer learning: one of training.fit.freeze.FREEZE_LEVELS
+    age_head: bool = False  # AgeU-Net: + scan-age regression head, loss += age_weight · MSE (training/fit/age.py)
+    age_weight: float = DEFAULT_AGE_WEIGHT
 
     def resolved(self) -> TrainConfig:
         """Copy with preset defaults filled in (what gets stored in checkpoints)."""
@@ -101,8 +121,6 @@ class TrainConfig:
         if isinstance(self.sampling, dict):
             d["sampling"] = SamplingConfig.from_dict(self.sampling)
         d["modalities"] = tuple(self.modalities)
-        from training.fit.finetune import FreezeError, check_level
-
         try:
             d["freeze"] = check_level(self.freeze)
         except FreezeError as exc:
@@ -126,23 +144,6 @@ class TrainConfig:
         return config_from_dict(cls, d, ("patch_size", "modalities"))
 
 
-@dataclass
-class TrainResult:
-    out_dir: Path
-    best_path: Path
-    last_path: Path
-    epochs_completed: int
-    best_metric: float | None  # validation tissue Dice of best.pt (None without validation)
-    history: list[dict]
-    n_train: int
-    stopped_early: bool = False
-
-
-def tissue_mean(d: dict[int, float]) -> float:
-    vals = [d[c] for c in TISSUE if c in d and not math.isnan(d[c])]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def _label_source(subject: Any, partial_labels: dict | None) -> Any:
     if partial_labels is None:
         return subject.label
@@ -150,11 +151,8 @@ def _label_source(subject: Any, partial_labels: dict | None) -> Any:
 
 
 def load_cases(subjects: Sequence[Any], pcfg: PreprocessConfig, partial_labels: dict | None = None,
-               max_candidates: int = 20000, seed: int = 0) -> list:
+               max_candidates: int = 20000, seed: int = 0) -> list[TrainCase]:
     """Pre-process every trainable subject once. With ``partial_labels`` only the subjects it names train."""
-    from training.data.preprocess import preprocess_subject
-    from training.fit.sampling import make_case
-
     cases = []
     for i, s in enumerate(subjects):
         lab = _label_source(s, partial_labels)
@@ -166,9 +164,7 @@ def load_cases(subjects: Sequence[Any], pcfg: PreprocessConfig, partial_labels: 
     return cases
 
 
-def _device(cfg: TrainConfig):
-    import torch
-
+def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,12 +174,9 @@ def _poly(max_epochs: int, power: float) -> Callable[[int], float]:
     return lambda e: max(0.0, 1.0 - e / max_epochs) ** power
 
 
-def validate(model: Any, val_cases: list, patch: tuple[int, int, int], device: Any, amp_dtype: Any = None,
-             overlap: float = 0.25, sw_batch_size: int = 2) -> dict[str, Any]:
+def validate(model: torch.nn.Module, val_cases: list[TrainCase], patch: tuple[int, int, int], device: torch.device,
+             amp_dtype: torch.dtype | None = None, overlap: float = 0.25, sw_batch_size: int = 2) -> dict[str, Any]:
     """Sliding-window prediction on pre-processed volumes; mean Dice per class and tissue mean."""
-    import torch
-    from monai.inferers import sliding_window_inference
-
     model.eval()
     per_subject = []
     with torch.no_grad():
@@ -199,6 +192,281 @@ def validate(model: Any, val_cases: list, patch: tuple[int, int, int], device: A
     # tissue Dice = mean over subjects of each subject's tissue mean, as `neolabel evaluate` reports it
     tissue = [s["tissue_dice"] for s in per_subject if not math.isnan(s["tissue_dice"])]
     return {"dice": mean, "tissue_dice": float(np.mean(tissue)) if tissue else float("nan"), "subjects": per_subject}
+
+
+@contextmanager
+def _torch_state_restored() -> Iterator[None]:
+    """Restore torch's thread count, MONAI's meta tracking and cuDNN's benchmark flag afterwards:
+    training also runs in-process inside the server, which must not inherit the run's settings."""
+    threads, track_meta, cudnn_benchmark = torch.get_num_threads(), get_track_meta(), torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        set_track_meta(track_meta)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+class Trainer:
+    """One training run, nnU-Net style: :meth:`setup`, then per epoch :meth:`run_epoch`, :meth:`validate`,
+    :meth:`save`; :meth:`fit` drives them. Arguments as for :func:`train`.
+
+    The steps run in a fixed order that also fixes the use of torch's global RNG (seeded in
+    ``setup`` before the network is initialised; DataLoader iteration draws from it every epoch),
+    so the same config and seed give the same run.
+    """
+
+    def __init__(self, cfg: TrainConfig, subjects: Sequence[Any], out_dir: str | os.PathLike,
+                 partial_labels: dict[str, np.ndarray | Path] | None = None,
+                 val_subjects: Sequence[Any] | None = None, init: str | os.PathLike | None = None,
+                 progress: bool = True, callback: Callable[[dict], bool | None] | None = None) -> None:
+        self.cfg = cfg.resolved()
+        self.subjects, self.partial_labels, self.val_subjects = subjects, partial_labels, val_subjects
+        self.init, self.progress, self.callback = init, progress, callback
+        self.out = Path(out_dir)
+        self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
+        self.start_epoch = 0
+        self.best_metric: float | None = None  # best validation tissue Dice so far
+        self.history: list[dict[str, Any]] = []  # one record per epoch, kept in last.pt for resume
+        self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter when enabled and available
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Everything before the first epoch, in the order that fixes the RNG use (see the class doc)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._setup_device()
+        self._setup_data()
+        self._setup_model()
+        if self.cfg.resume and self.last_path.is_file():
+            self._resume()
+        self._setup_logs()
+
+    def _setup_device(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        set_track_meta(False)  # plain tensors through the transforms: faster, and nothing needs the meta
+        self.device = _device(cfg)
+        if self.device.type == "cuda":  # fixed patch size: let cuDNN pick the fastest convolution once
+            torch.backends.cudnn.benchmark = True
+        amp_on = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.amp_dtype = None
+        if amp_on:
+            self.amp_dtype = (torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported())
+                              else torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        torch.manual_seed(cfg.seed)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.pcfg = PreprocessConfig(modalities=tuple(cfg.modalities), crop_margin_mm=cfg.crop_margin_mm)
+        self.net_cfg: NetworkConfig = network_config(cfg.preset, in_channels=len(cfg.modalities),
+                                                     patch_size=cfg.patch_size)
+        self.net_cfg.age_head = bool(cfg.age_head)
+        self.patch = tuple(self.net_cfg.patch_size)
+        t0 = time.perf_counter()
+        self.cases = load_cases(self.subjects, self.pcfg, self.partial_labels, cfg.sampling.max_candidates, cfg.seed)
+        if not self.cases:
+            raise TrainError("no trainable subject: none has a label" +
+                             (" in partial_labels" if self.partial_labels is not None else ""))
+        if sum(int((c.label != IGNORE).sum()) for c in self.cases) == 0:
+            raise TrainError("the training labels contain no annotated voxel (all 255)")
+        self.val_cases: list[TrainCase] = []
+        if self.val_subjects:
+            self.val_cases = load_cases([s for s in self.val_subjects if s.label is not None], self.pcfg, None, 1,
+                                        cfg.seed)
+        log.info("loaded %d training and %d validation subjects in %.1f s", len(self.cases), len(self.val_cases),
+                 time.perf_counter() - t0)
+        self.iters = cfg.iterations_per_epoch or max(25, 4 * len(self.cases))
+        aug = build_augmentations(cfg.augment, self.patch) if cfg.augment.enabled else None
+        self.dataset = PatchDataset(self.cases, self.patch, self.iters * cfg.batch_size, aug, cfg.sampling,
+                                    seed=cfg.seed)
+        workers = cfg.num_workers if cfg.num_workers is not None else (4 if self.device.type == "cuda" else 0)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=cfg.batch_size, shuffle=False,
+                                                  num_workers=workers, drop_last=True,
+                                                  pin_memory=self.device.type == "cuda")
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        self.model = build_network(self.net_cfg).to(self.device)
+        # init weights + freeze level; frozen parameters stay out of the optimiser (no decay, no momentum)
+        try:
+            self.freeze_report: FreezeReport = prepare_finetune(self.model, self.init, cfg.freeze, self.net_cfg)
+        except FreezeError as exc:
+            raise TrainError(str(exc)) from exc
+        params = trainable_parameters(self.model)
+        if cfg.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                              nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.age_term = (AgeTraining.for_cases(self.model, self.cases, self.subjects, cfg.age_weight)
+                         if cfg.age_head else None)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _poly(cfg.epochs, cfg.poly_power))
+        self.loss_fn = MaskedDiceCELoss(num_classes=self.net_cfg.out_channels)
+
+    def _resume(self) -> None:
+        """Continue ``last.pt``: weights, optimiser, scheduler, epoch, best metric and history."""
+        ck = load_checkpoint(self.last_path, map_location=self.device)
+        if ck.network.to_dict() != self.net_cfg.to_dict():
+            raise TrainError(f"cannot resume {self.last_path}: it was trained with another network config")
+        self.model.load_state_dict(ck.model.state_dict())
+        if "optimizer" in ck.raw:
+            self.opt.load_state_dict(ck.raw["optimizer"])
+        if "scheduler" in ck.raw:
+            self.sched.load_state_dict(ck.raw["scheduler"])
+        self.start_epoch = ck.epoch
+        # the schedule follows this run's ``epochs`` (a resume may extend the run): recompute the lr
+        poly = _poly(self.cfg.epochs, self.cfg.poly_power)
+        for g, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
+            g["lr"] = base * poly(self.start_epoch)
+        self.sched.lr_lambdas = [poly] * len(self.opt.param_groups)
+        self.best_metric = ck.metrics.get("best_tissue_dice")
+        self.history = list(ck.raw.get("extra", {}).get("history", []))
+        log.info("resuming from %s at epoch %d", self.last_path, self.start_epoch)
+
+    def _setup_logs(self) -> None:
+        """TensorBoard (optional) and ``train_config.json``: the resolved config plus what the run derived."""
+        if self.cfg.tensorboard:
+            try:  # deferred: tensorboard is optional; missing or broken, it must not stop training
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except Exception as exc:
+                log.warning("TensorBoard disabled: %s", exc)
+        self.train_dict = {
+            **self.cfg.to_dict(), "iterations_per_epoch": self.iters, "device": str(self.device),
+            "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "n_train": len(self.cases),
+            "train_ids": [c.id for c in self.cases], "n_val": len(self.val_cases),
+            "init": str(self.init) if self.init is not None else None,
+            "freeze_report": self.freeze_report.to_dict(),
+        }
+        (self.out / "train_config.json").write_text(json.dumps(self.train_dict, indent=2, default=str))
+
+    # ------------------------------------------------------------------ one epoch
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train ``iterations_per_epoch`` batches, step the schedule; the epoch's record (loss, lr, timing)."""
+        cfg, device = self.cfg, self.device
+        self.model.train()
+        self.dataset.set_epoch(epoch)
+        t_ep = time.perf_counter()
+        losses = []
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+        for batch in bar:
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].to(device, non_blocking=True)
+            self.opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.model(x)
+            loss = self.loss_fn(outputs.float(), y)
+            if self.age_term is not None:
+                loss = self.age_term(loss, batch)  # + age_weight · MSE(normalised age)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        self.sched.step()
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                               "lr": float(self.opt.param_groups[0]["lr"]), "epoch_s": time.perf_counter() - t_ep,
+                               "s_per_iteration": (time.perf_counter() - t_ep) / max(len(losses), 1)}
+        if self.age_term is not None:
+            rec["age_mse_normalised"] = self.age_term.epoch_mse()
+        return rec
+
+    def validate(self, epoch: int, force: bool = False) -> dict[str, Any] | None:
+        """Validation metrics for the epoch's record when validation is due (every ``val_every`` epochs, the
+        last one, or ``force``: the run is about to stop); ``None`` when not due or without validation set."""
+        if not self.val_cases:
+            return None
+        if not (force or (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs):
+            return None
+        v = validate(self.model, self.val_cases, self.patch, self.device, self.amp_dtype, self.cfg.val_overlap,
+                     self.cfg.val_sw_batch_size)
+        return {"val_tissue_dice": v["tissue_dice"], "val_dice": {str(k): dv for k, dv in v["dice"].items()}}
+
+    def save(self, epoch: int, best: bool) -> None:
+        """``last.pt`` (with optimiser/scheduler state and history, for ``resume``), ``best.pt`` when ``best``,
+        and ``history.json``; the epoch's record must already be the last entry of the history."""
+        rec = self.history[-1]
+        metrics = {k: rec[k] for k in rec if k != "epoch"}
+        metrics["best_tissue_dice"] = self.best_metric
+        common = dict(network=self.net_cfg, preprocess=self.pcfg, train_config=self.train_dict, epoch=epoch + 1,
+                      metrics=metrics)
+        save_checkpoint(self.last_path, self.model, **common, optimizer=self.opt, scheduler=self.sched,
+                        extra={"history": self.history})
+        if best:
+            save_checkpoint(self.best_path, self.model, **common)
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+
+    def _log_epoch(self, rec: dict[str, Any]) -> None:
+        if self.writer is not None:
+            step = rec["epoch"]
+            self.writer.add_scalar("train/loss", rec["loss"], step)
+            self.writer.add_scalar("train/lr", rec["lr"], step)
+            if "val_tissue_dice" in rec:
+                self.writer.add_scalar("val/tissue_dice", rec["val_tissue_dice"], step)
+                for k, dv in rec["val_dice"].items():
+                    self.writer.add_scalar(f"val/dice_{k}", dv, step)
+            self.writer.flush()
+
+    def _report_epoch(self, rec: dict[str, Any]) -> None:
+        msg = f"epoch {rec['epoch']}/{self.cfg.epochs} loss {rec['loss']:.4f} ({rec['epoch_s']:.0f} s)"
+        if "val_tissue_dice" in rec:
+            msg += f" val tissue Dice {rec['val_tissue_dice']:.4f}"
+        log.info(msg)
+        if self.progress:
+            tqdm.write(msg)
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(self) -> TrainResult:
+        """Run the epochs (stopping early on ``callback`` or ``time_limit_s``); freeze level ``none``
+        publishes ``init`` unchanged instead. Torch's global settings are restored afterwards."""
+        if self.cfg.freeze == "none":  # transfer level "no fine-tuning": publish the init checkpoint as it is
+            if self.init is None:
+                raise TrainError("freeze level 'none' needs an init checkpoint")
+            return copy_without_training(self.init, self.out, self.cfg.to_dict())
+        with _torch_state_restored():
+            self.setup()
+            try:
+                stopped = self._epochs()
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+        if not self.best_path.exists() and self.last_path.exists():  # validation never ran (e.g. stopped early)
+            atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last_path, tmp))
+        done = self.history[-1]["epoch"] if self.history else self.start_epoch
+        return TrainResult(out_dir=self.out, best_path=self.best_path, last_path=self.last_path,
+                           epochs_completed=int(done), best_metric=self.best_metric, history=self.history,
+                           n_train=len(self.cases), stopped_early=stopped)
+
+    def _epochs(self) -> bool:
+        """The epoch loop; True when it stopped early."""
+        t_start = time.perf_counter()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            rec = self.run_epoch(epoch)
+            over_time = self.cfg.time_limit_s is not None and time.perf_counter() - t_start > self.cfg.time_limit_s
+            val = self.validate(epoch, force=over_time)
+            improved = False
+            if val is not None:
+                rec.update(val)
+                if not math.isnan(val["val_tissue_dice"]) and (self.best_metric is None
+                                                                or val["val_tissue_dice"] > self.best_metric):
+                    self.best_metric, improved = val["val_tissue_dice"], True
+            self.history.append(rec)
+            self._log_epoch(rec)
+            self.save(epoch, best=improved or not self.val_cases)
+            self._report_epoch(rec)
+            if self.callback is not None and self.callback(rec):
+                return True
+            if over_time:
+                return True
+        return False
 
 
 def train(
@@ -217,214 +485,7 @@ def train(
     dense labels, and only the subjects it names are trained on. ``val_subjects`` need dense
     labels. ``init`` starts from a checkpoint's weights (fine-tuning); ``cfg.resume`` continues
     ``out_dir/last.pt`` (epoch, optimiser, scheduler). ``callback(epoch_record)`` returning True stops.
-    Torch's thread count, MONAI's meta tracking and cuDNN's benchmark flag are restored afterwards (training also runs
-    in-process inside the server).
+    Torch's thread count, MONAI's meta tracking and cuDNN's benchmark flag are restored afterwards (training
+    also runs in-process inside the server). The run itself is a :class:`Trainer`.
     """
-    import torch
-    from monai.data.meta_obj import get_track_meta, set_track_meta
-
-    threads, track_meta, cudnn_benchmark = torch.get_num_threads(), get_track_meta(), torch.backends.cudnn.benchmark
-    try:
-        return _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback)
-    finally:
-        torch.set_num_threads(threads)
-        set_track_meta(track_meta)
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-
-
-def _train(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback) -> TrainResult:
-    import torch
-    from monai.data import set_track_meta
-    from tqdm.auto import tqdm
-
-    from training.fit.augment import build_augmentations
-    from training.fit.loss import MaskedDiceCELoss
-    from training.fit.sampling import PatchDataset
-    from training.model.checkpoint import load_checkpoint, save_checkpoint
-    from training.model.network import build_network, network_config
-
-    cfg = cfg.resolved()
-    out = Path(out_dir)
-    if cfg.freeze == "none":  # transfer level "no fine-tuning": publish the init checkpoint as it is
-        if init is None:
-            raise TrainError("freeze level 'none' needs an init checkpoint")
-        from training.fit.finetune import copy_without_training
-
-        return copy_without_training(init, out, cfg.to_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    set_track_meta(False)  # plain tensors through the transforms: faster, and nothing needs the meta
-    device = _device(cfg)
-    if device.type == "cuda":  # fixed patch size: let cuDNN pick the fastest convolution once
-        torch.backends.cudnn.benchmark = True
-    amp_on = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    amp_dtype = None
-    if amp_on:
-        amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    torch.manual_seed(cfg.seed)
-
-    pcfg = PreprocessConfig(modalities=tuple(cfg.modalities), crop_margin_mm=cfg.crop_margin_mm)
-    net_cfg = network_config(cfg.preset, in_channels=len(cfg.modalities), patch_size=cfg.patch_size)
-    net_cfg.age_head = bool(cfg.age_head)
-    patch = tuple(net_cfg.patch_size)
-
-    t0 = time.perf_counter()
-    cases = load_cases(subjects, pcfg, partial_labels, cfg.sampling.max_candidates, cfg.seed)
-    if not cases:
-        raise TrainError("no trainable subject: none has a label" +
-                         (" in partial_labels" if partial_labels is not None else ""))
-    n_annot = sum(int((c.label != IGNORE).sum()) for c in cases)
-    if n_annot == 0:
-        raise TrainError("the training labels contain no annotated voxel (all 255)")
-    val_cases = []
-    if val_subjects:
-        val_cases = load_cases([s for s in val_subjects if s.label is not None], pcfg, None, 1, cfg.seed)
-    log.info("loaded %d training and %d validation subjects in %.1f s", len(cases), len(val_cases),
-             time.perf_counter() - t0)
-
-    iters = cfg.iterations_per_epoch or max(25, 4 * len(cases))
-    aug = build_augmentations(cfg.augment, patch) if cfg.augment.enabled else None
-    ds = PatchDataset(cases, patch, iters * cfg.batch_size, aug, cfg.sampling, seed=cfg.seed)
-    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
-                                         drop_last=True, pin_memory=device.type == "cuda")
-
-    model = build_network(net_cfg).to(device)
-    # init weights + freeze level; frozen parameters stay out of the optimiser (no decay, no momentum)
-    from training.fit.finetune import FreezeError, prepare_finetune, trainable_parameters
-
-    try:
-        freeze_report = prepare_finetune(model, init, cfg.freeze, net_cfg)
-    except FreezeError as exc:
-        raise TrainError(str(exc)) from exc
-    params = trainable_parameters(model)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    age_term = None
-    if cfg.age_head:
-        from training.model.age import AgeTraining
-
-        age_term = AgeTraining.for_cases(model, cases, subjects, cfg.age_weight)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _poly(cfg.epochs, cfg.poly_power))
-    loss_fn = MaskedDiceCELoss(num_classes=net_cfg.out_channels)
-
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    start_epoch, best_metric, history = 0, None, []
-    if cfg.resume and last_path.is_file():
-        ck = load_checkpoint(last_path, map_location=device)
-        if ck.network.to_dict() != net_cfg.to_dict():
-            raise TrainError(f"cannot resume {last_path}: it was trained with another network config")
-        model.load_state_dict(ck.model.state_dict())
-        if "optimizer" in ck.raw:
-            opt.load_state_dict(ck.raw["optimizer"])
-        if "scheduler" in ck.raw:
-            sched.load_state_dict(ck.raw["scheduler"])
-        start_epoch = ck.epoch
-        # the schedule follows this run's ``epochs`` (a resume may extend the run): recompute the lr
-        poly = _poly(cfg.epochs, cfg.poly_power)
-        for g, base in zip(opt.param_groups, sched.base_lrs, strict=True):
-            g["lr"] = base * poly(start_epoch)
-        sched.lr_lambdas = [poly] * len(opt.param_groups)
-        best_metric = ck.metrics.get("best_tissue_dice")
-        history = list(ck.raw.get("extra", {}).get("history", []))
-        log.info("resuming from %s at epoch %d", last_path, start_epoch)
-
-    writer = None
-    if cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except Exception as exc:  # tensorboard missing/broken must not stop training
-            log.warning("TensorBoard disabled: %s", exc)
-    train_dict = {**cfg.to_dict(), "iterations_per_epoch": iters, "device": str(device),
-                  "amp_dtype": str(amp_dtype) if amp_dtype else None, "n_train": len(cases),
-                  "train_ids": [c.id for c in cases], "n_val": len(val_cases),
-                  "init": str(init) if init is not None else None, "freeze_report": freeze_report.to_dict()}
-    (out / "train_config.json").write_text(json.dumps(train_dict, indent=2, default=str))
-
-    stopped = False
-    t_start = time.perf_counter()
-    epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        ds.set_epoch(epoch)
-        t_ep = time.perf_counter()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(x)
-            loss = loss_fn(outputs.float(), y)
-            if age_term is not None:
-                loss = age_term(loss, batch)  # + age_weight · MSE(normalised age)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        sched.step()
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                               "lr": float(opt.param_groups[0]["lr"]), "epoch_s": time.perf_counter() - t_ep,
-                               "s_per_iteration": (time.perf_counter() - t_ep) / max(len(losses), 1)}
-        if age_term is not None:
-            rec["age_mse_normalised"] = age_term.epoch_mse()
-        do_val = bool(val_cases) and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
-        over_time = cfg.time_limit_s is not None and time.perf_counter() - t_start > cfg.time_limit_s
-        if val_cases and over_time:
-            do_val = True
-        if do_val:
-            v = validate(model, val_cases, patch, device, amp_dtype, cfg.val_overlap, cfg.val_sw_batch_size)
-            rec["val_tissue_dice"] = v["tissue_dice"]
-            rec["val_dice"] = {str(k): dv for k, dv in v["dice"].items()}
-        improved = False
-        if (do_val and not math.isnan(rec["val_tissue_dice"])
-                and (best_metric is None or rec["val_tissue_dice"] > best_metric)):
-            best_metric, improved = rec["val_tissue_dice"], True
-        history.append(rec)
-        if writer is not None:
-            writer.add_scalar("train/loss", rec["loss"], epoch + 1)
-            writer.add_scalar("train/lr", rec["lr"], epoch + 1)
-            if do_val:
-                writer.add_scalar("val/tissue_dice", rec["val_tissue_dice"], epoch + 1)
-                for k, dv in rec["val_dice"].items():
-                    writer.add_scalar(f"val/dice_{k}", dv, epoch + 1)
-            writer.flush()
-        metrics = {k: rec[k] for k in rec if k != "epoch"}
-        metrics["best_tissue_dice"] = best_metric
-        save_checkpoint(last_path, model, network=net_cfg, preprocess=pcfg, train_config=train_dict,
-                        epoch=epoch + 1, metrics=metrics, optimizer=opt, scheduler=sched,
-                        extra={"history": history})
-        if improved or not val_cases:
-            save_checkpoint(best_path, model, network=net_cfg, preprocess=pcfg, train_config=train_dict,
-                            epoch=epoch + 1, metrics=metrics)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        msg = f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.4f} ({rec['epoch_s']:.0f} s)"
-        if do_val:
-            msg += f" val tissue Dice {rec['val_tissue_dice']:.4f}"
-        log.info(msg)
-        if progress:
-            tqdm.write(msg)
-        if callback is not None and callback(rec):
-            stopped = True
-            break
-        if over_time:
-            stopped = True
-            break
-    if writer is not None:
-        writer.close()
-    if not best_path.exists() and last_path.exists():  # validation never ran (e.g. stopped early)
-        atomic_write(best_path, lambda tmp: shutil.copyfile(last_path, tmp))
-    done = history[-1]["epoch"] if history else start_epoch
-    return TrainResult(out_dir=out, best_path=best_path, last_path=last_path, epochs_completed=int(done),
-                       best_metric=best_metric, history=history, n_train=len(cases), stopped_early=stopped)
+    return Trainer(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback).fit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,8 @@ class CheckpointError(ValueError):
 
 def _package_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("neolabel")
-    except Exception:
+    except PackageNotFoundError:  # running from a source tree that was never installed
         return "unknown"
 
 

@@ -1,4 +1,4 @@
-"""DynUNet factory with the paper preset and small CPU/test presets.
+"""DynUNet configs and factory: a preset (:mod:`training.model.presets`) resolved into a network.
 
 Kernels and strides are derived nnU-Net style from patch size and voxel spacing: an axis is
 down-sampled while its spacing is within 2× of the finest one and it is still ≥ 8 voxels (so the
@@ -15,8 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from monai.networks.nets import DynUNet
+
 from training.config_dict import config_from_dict
 from training.data.labels import NUM_CLASSES
+from training.model.age import attach_age_head
+from training.model.presets import PRESET_SPECS, PRESETS
 
 
 class NetworkConfigError(ValueError):
@@ -61,7 +65,7 @@ class NetworkConfig:
     deep_supervision: bool = True
     deep_supr_num: int = 3
     res_block: bool = True
-    age_head: bool = False  # AgeU-Net: scan-age regression head on the bottleneck (training/age.py)
+    age_head: bool = False  # AgeU-Net: scan-age regression head on the bottleneck (training/model/age.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,36 +83,20 @@ class NetworkConfig:
         return len(self.strides)
 
 
-# filters per level, patch, spacing, max levels; large_windows: whether the fast predictor may run one
-# window much larger than the training patch (instance norm then sees a larger context) — measured per
-# preset with bench/inference.py and held-out scans, see training.infer.predict
-_PRESETS: dict[str, dict[str, Any]] = {
-    # Richter & Fetit 2022: 128³ at 0.5 mm, 6 levels, 32–320 filters, bottleneck 4³.
-    # One head window (224×256×224 at 40 w), GPU-trained weights: agreement 0.985 with the paper's settings,
-    # Dice vs ground truth 0.9748 vs 0.9753; patch-size windows are slower (21.8–33.3 s vs 12.2–16.7 s).
-    "paper": {"filters": (32, 64, 128, 256, 320, 320), "patch": (128, 128, 128), "spacing": (0.5, 0.5, 0.5),
-              "max_levels": 6, "large_windows": True},
-    # CPU preset (DESIGN.md measured 0.57 s/iteration at 48³, batch 2, 2 threads): 4 levels, 16–128.
-    # One whole-head window lost tissue Dice (0.948 → 0.926 on 4 held-out scans): patch-size windows.
-    "cpu": {"filters": (16, 32, 64, 128), "patch": (48, 48, 48), "spacing": (0.5, 0.5, 0.5), "max_levels": 4,
-            "large_windows": False},
-    # Tests only: tiny and fast; 4 levels so deep supervision has one head.
-    "tiny": {"filters": (8, 16, 32, 32), "patch": (32, 32, 32), "spacing": (0.5, 0.5, 0.5), "max_levels": 4,
-             "large_windows": False},
-}
-PRESETS: tuple[str, ...] = tuple(_PRESETS)
-
-
 def network_config(
     preset: str,
     in_channels: int = 1,
     patch_size: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
 ) -> NetworkConfig:
-    """Resolved network config for ``preset`` ("tiny" | "cpu" | "paper"), optionally another patch."""
-    if preset not in _PRESETS:
+    """Resolved network config for a preset (:data:`training.model.presets.PRESETS`), optionally another patch.
+
+    Kernels, strides and the number of levels follow from the patch, so a custom patch size keeps the
+    nnU-Net derivation instead of reusing the preset's strides.
+    """
+    if preset not in PRESET_SPECS:
         raise NetworkConfigError(f"unknown network preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    p = _PRESETS[preset]
+    p = PRESET_SPECS[preset]
     patch = tuple(int(s) for s in (patch_size or p["patch"]))
     sp = tuple(float(s) for s in (spacing or p["spacing"]))
     if len(patch) != 3 or len(sp) != 3 or min(patch) < 8:
@@ -135,13 +123,14 @@ def large_windows_safe(cfg: NetworkConfig | None) -> bool:
     """Whether inference may use windows much larger than the training patch for this network's preset
     (measured per preset; unknown presets and custom networks get the safe answer, no)."""
     preset = getattr(cfg, "preset", None)
-    return bool(_PRESETS.get(preset, {}).get("large_windows", False))
+    return bool(PRESET_SPECS.get(preset, {}).get("large_windows", False))
 
 
-def build_network(cfg: NetworkConfig):  # -> monai.networks.nets.DynUNet
-    """Residual DynUNet, instance norm, LeakyReLU, deep supervision (heads returned in train mode)."""
-    from monai.networks.nets import DynUNet
+def build_network(cfg: NetworkConfig) -> DynUNet:
+    """Residual DynUNet, instance norm, LeakyReLU, deep supervision (heads returned in train mode).
 
+    Built from the config alone, so a checkpoint's stored ``NetworkConfig`` rebuilds its network.
+    """
     net = DynUNet(
         spatial_dims=3,
         in_channels=cfg.in_channels,
@@ -158,7 +147,5 @@ def build_network(cfg: NetworkConfig):  # -> monai.networks.nets.DynUNet
         trans_bias=True,
     )
     if cfg.age_head:
-        from training.model.age import attach_age_head
-
         attach_age_head(net)
     return net

@@ -7,8 +7,8 @@ from typing import Any
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from neonatal_app.lib.datastore import http_error
-from strategies.annotate.settings import AXIS_CHOICES, SELECTION_CHOICES
 from strategies.annotate.submission import SubmissionRejected
+from strategies.plan.selection import AXIS_MODES, SELECTIONS
 
 
 class AnnotationStrategy(Strategy):
@@ -25,8 +25,8 @@ class AnnotationStrategy(Strategy):
     def config(self) -> dict[str, Any]:
         if not self.editable:
             return {}
-        s = self.service.settings()
-        choices = {"budget_axis": AXIS_CHOICES, "budget_selection": SELECTION_CHOICES}
+        s = self.service.ledger.settings()
+        choices = {"budget_axis": AXIS_MODES, "budget_selection": SELECTIONS}
         out: dict[str, Any] = {}
         for k, v in s.items():
             if k in choices:  # a list is shown as a drop-down; the current value first

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from neonatal_app.lib.infers.segmentation import SegmentationInfer
 from neonatal_app.lib.trainers.segmentation import SegmentationTrainer, publish
+from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.settings import AppConfig, ConfError
-from strategies.annotate.state import STATE_DIR, StateStore
+from strategies.annotate.state import STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,10 @@ def model_path(studies: str | Path) -> Path:
 class SegmentationConfig:
     """Builds the ``segmentation`` infer and train tasks over one model file."""
 
-    def __init__(self, studies: str | Path, config: AppConfig, state: StateStore) -> None:
+    def __init__(self, studies: str | Path, config: AppConfig, ledger: AnnotationLedger) -> None:
         self.studies = Path(studies)
         self.config = config
-        self.state = state
+        self.ledger = ledger
         self.path = model_path(studies)
         if config.pretrained and not self.path.is_file():
             src = Path(config.pretrained).expanduser()
@@ -46,5 +47,5 @@ class SegmentationConfig:
                                  studies=self.studies)
 
     def trainer(self) -> SegmentationTrainer:
-        return SegmentationTrainer(self.studies, self.path, self.config, self.state)
+        return SegmentationTrainer(self.studies, self.path, self.config, self.ledger)
 

@@ -18,14 +18,11 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from training.data.labels import OUTER_BACKGROUND, label_map
+from neonatal_app.lib.datastore import http_error
+from training.data.labels import slicer_label_map
+from training.data.nifti import save_volume
 
 log = logging.getLogger(__name__)
-
-
-def slicer_label_map() -> dict[str, int]:
-    """Classes 1–9 (the plugin names segments by sorted value and treats 0 as background)."""
-    return {k: v for k, v in label_map().items() if v != OUTER_BACKGROUND}
 
 
 def resolve_device(device: str) -> str | None:
@@ -69,7 +66,7 @@ class SegmentationInfer(InferTask):
 
     def predictor(self):
         """The cached ``Predictor``, reloaded when the published file changed; None before a model exists."""
-        from training.infer.predict import Predictor
+        from training.infer.predictor import Predictor
 
         with self._lock:
             try:
@@ -102,17 +99,11 @@ class SegmentationInfer(InferTask):
         return d
 
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        from training.data.nifti import save_volume
-
         image = request.get("image")
         if not isinstance(image, str) or not image or not self._in_study_set(image):
-            from neonatal_app.lib.datastore import http_error
-
             raise http_error(404, f"unknown image {request.get('image')!r}: not in this study set")
         pred = self.predictor()
         if pred is None:
-            from neonatal_app.lib.datastore import http_error
-
             raise http_error(409, "no model has been trained yet: annotate some slices and start a training")
         t0 = time.perf_counter()
         label, affine = pred.predict([image])

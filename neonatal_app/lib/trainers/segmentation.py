@@ -25,8 +25,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 from monailabel.interfaces.tasks.train import TrainTask
 
+from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.settings import AppConfig
-from strategies.annotate.state import STATE_DIR, StateStore
+from strategies.annotate.state import STATE_DIR
 from training.data.nifti import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,13 @@ class TrainingBusy(RuntimeError):
 class SegmentationTrainer(TrainTask):
     """Masked-loss retraining on the annotated slices (see module doc)."""
 
-    def __init__(self, studies: str | Path, model_path: str | Path, config: AppConfig, state: StateStore) -> None:
+    def __init__(self, studies: str | Path, model_path: str | Path, config: AppConfig,
+                 ledger: AnnotationLedger) -> None:
         super().__init__("Retrain the segmentation model on the annotated slices (masked Dice+CE)")
         self.studies = Path(studies)
         self.model_path = Path(model_path)
         self.cfg = config
-        self.state = state
+        self.ledger = ledger
         self.dir = self.studies / STATE_DIR
         self.lock_path = self.dir / "train.lock"
         self.stats_path = self.dir / "train_stats.json"
@@ -114,8 +116,7 @@ class SegmentationTrainer(TrainTask):
             stats = {"status": "skipped", "reason": "no annotated image yet", "started": started}
             atomic_write_text(self.stats_path, json.dumps(stats, indent=1))
             return stats
-        with self.state.update() as st:
-            st["labels_since_train"] = 0
+        self.ledger.reset_labels_since_train()
         device = self.cfg.device if self.cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         epochs = int(request.get("epochs", request.get("max_epochs", self.cfg.epochs)))
         init = None
@@ -167,10 +168,7 @@ class SegmentationTrainer(TrainTask):
         stats["message"] = reason
         log.info("training finished: %s", reason)
         atomic_write_text(self.stats_path, json.dumps(stats, indent=1))
-        with self.state.update() as st:
-            st["trainings"] = (st.get("trainings") or [])[-19:] + [
-                {k: stats[k] for k in ("started", "seconds", "published", "message") if k in stats}
-            ]
+        self.ledger.record_training(stats)
         return stats
 
 

@@ -10,11 +10,10 @@ import pytest
 from strategies.annotate.masks import (
     MaskError,
     assignment_mask,
-    merge_all,
     merge_partial,
     partial_label,
-    submission_to_partial,
 )
+from strategies.annotate.submission import convert_submission
 from strategies.plan.assignment import FIELDS, AssignmentError, SliceAssignment
 from training.data.labels import IGNORE
 
@@ -94,7 +93,6 @@ def test_merge_keeps_every_annotated_voxel_of_both_rounds() -> None:
     np.testing.assert_array_equal(merged[both], new[both])
     only_old = (old != IGNORE) & (new == IGNORE)
     np.testing.assert_array_equal(merged[only_old], old[only_old])
-    np.testing.assert_array_equal(merge_all([old, new]), merged)
 
 
 def test_merge_shape_mismatch_and_bad_values_are_errors() -> None:
@@ -109,7 +107,7 @@ def test_slicer_submission_becomes_partial_and_merges() -> None:
     submitted = np.zeros_like(lab)  # Slicer sends 0 on unpainted slices
     submitted[:, :, 3] = lab[:, :, 3]
     prev = partial_label(lab, SliceAssignment("img", "sagittal", 0, [2]))
-    out = submission_to_partial(submitted, SliceAssignment("img", "axial", 2, [3]), previous=prev)
+    out = convert_submission(submitted, [SliceAssignment("img", "axial", 2, [3])], previous=prev).partial
     np.testing.assert_array_equal(out[:, :, 3], lab[:, :, 3])
     np.testing.assert_array_equal(out[2], lab[2])
     assert (out != IGNORE).sum() == lab[:, :, 3].size + lab[2].size - lab.shape[1]

@@ -199,7 +199,7 @@ def test_strategies_import_no_torch() -> None:
     code = (
         "import sys\n"
         "import strategies.plan.axes, strategies.plan.assignment, strategies.plan.budget, strategies.plan.extents\n"
-        "import strategies.plan.incremental, strategies.annotate.masks, strategies.plan.random_fg\n"
+        "import strategies.plan.incremental, strategies.annotate.masks\n"
         "import strategies.plan.uncertainty\n"
         "bad = [m for m in ('torch', 'monai', 'monailabel') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -10,13 +10,10 @@ import pytest
 from strategies.plan.budget import BudgetConfig, plan_budget
 from strategies.plan.extents import entry_from_arrays
 from strategies.plan.incremental import new_state, next_assignment, record_submission
-from strategies.plan.random_fg import ForegroundError, foreground_slices, random_foreground_slices
 from strategies.plan.uncertainty import (
     UncertaintyError,
-    pick_scan,
     rank_slices,
-    scan_uncertainty,
-    select_uncertain_slices,
+    remaining_uncertainty,
     slice_entropy,
     slice_scores,
 )
@@ -52,27 +49,35 @@ def _probs(uncertain: dict[int, list[int]], seed: int = 0, level: float = 1.0) -
     return p / p.sum(axis=0, keepdims=True)
 
 
+def _uncertain_slices(probs, voxel_axis, k, *, mask, min_spacing=3, exclude=()):
+    """The planner's slice choice: entropy per slice, ranked among the brain slices."""
+    other = tuple(a for a in range(3) if a != voxel_axis)
+    brain = np.flatnonzero(np.asarray(mask).any(axis=other))
+    scores = slice_entropy(probs, voxel_axis, mask)
+    return sorted(rank_slices(scores, k, min_spacing=min_spacing, candidates=brain, exclude=exclude))
+
+
 def test_ranking_picks_planted_uncertain_slices() -> None:
     planted = [4, 9, 15]
     probs = _probs({2: planted})
-    assert select_uncertain_slices(probs, 2, 3, mask=_mask(), min_spacing=1) == planted
+    assert _uncertain_slices(probs, 2, 3, mask=_mask(), min_spacing=1) == planted
     scores = slice_entropy(probs, 2, _mask())
     assert scores[0] == 0 and scores[1] == 0  # no brain in these slices
     assert set(np.argsort(scores)[-3:]) == set(planted)
     # the mask matters: without it the uncertain sagittal slice 0 (outside the brain) ranks first
     sag = slice_entropy(probs, 0, None)
     assert int(np.argmax(sag)) == 0
-    assert 0 not in select_uncertain_slices(probs, 0, 2, mask=_mask())
+    assert 0 not in _uncertain_slices(probs, 0, 2, mask=_mask())
 
 
 def test_min_spacing_spreads_choices() -> None:
     probs = _probs({2: [8, 9, 10, 15]})
-    dense = select_uncertain_slices(probs, 2, 3, mask=_mask(), min_spacing=1)
+    dense = _uncertain_slices(probs, 2, 3, mask=_mask(), min_spacing=1)
     assert set(dense) <= {8, 9, 10, 15}
-    spread = select_uncertain_slices(probs, 2, 2, mask=_mask(), min_spacing=3)
+    spread = _uncertain_slices(probs, 2, 2, mask=_mask(), min_spacing=3)
     assert 15 in spread and len(set(spread) & {8, 9, 10}) == 1
     # excluded (already annotated) slices never come back; spacing relaxes rather than under-spend
-    again = select_uncertain_slices(probs, 2, 4, mask=_mask(), min_spacing=5, exclude=[15])
+    again = _uncertain_slices(probs, 2, 4, mask=_mask(), min_spacing=5, exclude=[15])
     assert 15 not in again and len(again) == 4
     assert rank_slices(np.array([0.1, 0.9, 0.8, 0.2]), 2, min_spacing=2) == [1, 3]
 
@@ -81,13 +86,11 @@ def test_scan_with_most_uncertainty_left_is_picked() -> None:
     low = _probs({2: [5]}, seed=1)
     high = _probs({2: [5, 8, 12]}, seed=2)
     m = _mask()
-    assert scan_uncertainty(high, m) > scan_uncertainty(low, m)
-    per_slice = {"a": slice_entropy(low, 2, m), "b": slice_entropy(high, 2, m)}
-    assert pick_scan(per_slice, top=3) == "b"
+    a, b = slice_entropy(low, 2, m), slice_entropy(high, 2, m)
+    assert remaining_uncertainty(b, top=3) > remaining_uncertainty(a, top=3)
     # once b's uncertain slices are annotated, a has more left
-    assert pick_scan(per_slice, top=1, annotated={"b": [5, 8, 12]}) == "a"
-    assert pick_scan({"a": 0.2, "b": 0.7}, exclude=["b"]) == "a"
-    assert pick_scan({"a": 0.0}) is None
+    assert remaining_uncertainty(a, top=1) > remaining_uncertainty(b, annotated=[5, 8, 12], top=1)
+    assert remaining_uncertainty(a, annotated=range(a.size)) == 0.0
 
 
 def test_planner_and_incremental_use_uncertainty_scores() -> None:
@@ -119,16 +122,3 @@ def test_bad_probabilities_are_errors() -> None:
         slice_entropy(p, 2)
     with pytest.raises(UncertaintyError, match="mask"):
         slice_entropy(_probs({}), 2, np.ones((3, 3, 3)))
-
-
-def test_random_foreground_slices_only_from_foreground() -> None:
-    m = _mask()
-    fg = set(foreground_slices(m, 1).tolist())
-    assert fg == set(range(4, 19))
-    draws = [tuple(random_foreground_slices(m, 1, 5, seed)) for seed in range(20)]
-    assert all(set(d) <= fg and len(d) == 5 for d in draws)
-    assert len(set(draws)) > 1
-    assert draws[3] == tuple(random_foreground_slices(m, 1, 5, 3))
-    assert set(random_foreground_slices(m, 1, 100, 0, exclude=[4, 5])) == fg - {4, 5}
-    with pytest.raises(ForegroundError):
-        foreground_slices(m, 3)

@@ -1,8 +1,9 @@
-"""The synthetic dHCP-like generator: layout, anatomy, contrasts, determinism and difficulty."""
+"""The synthetic dHCP-like generator: layout, anatomy, contrasts, determinism, difficulty, thick slices."""
 
 from __future__ import annotations
 
 import csv
+import json
 
 import nibabel as nib
 import numpy as np
@@ -11,11 +12,14 @@ from scipy.stats import spearmanr
 
 from training.data.labels import BRAIN, NUM_CLASSES, TISSUE
 from training.data.nifti import load_volume
-from training.data.synthetic import (
+from training.data.synthetic.acquisition import acquire_thick_slices, thick_slice_operator
+from training.data.synthetic.params import SubjectParams, SyntheticError, draw_params, draw_study_params, subject_info
+from training.data.synthetic.render import render_subject
+from training.data.synthetic.write import (
+    ACQUISITION_NOTE,
     IMAGE_SUFFIXES,
-    SyntheticError,
     generate_subject,
-    subject_info,
+    iter_subjects,
     write_studies_folder,
     write_study_set,
 )
@@ -256,3 +260,175 @@ def test_cli_synth(tmp_path):
     assert len(list(out.rglob("*_desc-drawem9_dseg.nii.gz"))) == 2
     res = CliRunner().invoke(app, [str(tmp_path / "bad"), "--subjects", "0"])
     assert res.exit_code != 0 and not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# params → render: the random draw and the deterministic rendering are separate steps
+
+_IMAGES = ("t2w", "t1w", "t2w_raw", "t1w_raw")
+
+
+def _assert_same_subject(a, b):
+    for name in (*_IMAGES, "label", "brain_mask", "affine"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert (a.scan_age, a.head_circumference, a.spacing, a.params) == (
+        b.scan_age,
+        b.head_circumference,
+        b.spacing,
+        b.params,
+    )
+
+
+def test_render_of_drawn_params_is_generate_subject_and_deterministic():
+    params = draw_params(11, 33.0, SHAPE, SPACING)
+    assert isinstance(params, SubjectParams) and params.shape == SHAPE and params.spacing == SPACING
+    a = render_subject(params)
+    _assert_same_subject(a, generate_subject(33.0, 11, SHAPE, SPACING))
+    _assert_same_subject(a, render_subject(params))  # rendering draws nothing of its own
+    # a generator works like its seed; subjects of a study set are their drawn params rendered
+    _assert_same_subject(a, render_subject(draw_params(np.random.default_rng(11), 33.0, SHAPE, SPACING)))
+    (info0, subj0), _ = list(iter_subjects(2, SHAPE, SPACING, seed=3))
+    info, p0 = draw_study_params(0, 3, SHAPE, SPACING)
+    assert info == info0
+    _assert_same_subject(subj0, render_subject(p0))
+
+
+def test_params_same_seed_equal_different_seed_differs_and_frozen():
+    a, b = draw_params(1, 40.0, SHAPE, SPACING), draw_params(1, 40.0, SHAPE, SPACING)
+    assert a == b and a is not b
+    c = draw_params(2, 40.0, SHAPE, SPACING)
+    assert a != c
+    assert a.wave_dirs.shape == (7, 3) and not np.array_equal(a.wave_dirs, c.wave_dirs)
+    assert a.size_jitter != c.size_jitter and a.scanner_state != c.scanner_state
+    assert a.elastic[0] != c.elastic[0]
+    # the same individual at another age: same draws, another age
+    older = draw_params(1, 44.0, SHAPE, SPACING)
+    assert older != a and older.wave_dirs.tobytes() == a.wave_dirs.tobytes()
+    assert older.scanner_state == a.scanner_state
+    with pytest.raises(AttributeError):
+        a.scan_age = 30.0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        a.wave_dirs[0, 0] = 0.0
+    with pytest.raises(SyntheticError, match="scan_age"):
+        draw_params(0, 60.0, SHAPE, SPACING)
+
+
+# --------------------------------------------------------------------------------------------
+# thick-slice acquisition
+
+
+def _roughness(img, axis):
+    """Mean absolute second difference along ``axis`` (high-frequency energy)."""
+    return float(np.abs(np.diff(img, n=2, axis=axis)).mean())
+
+
+@pytest.mark.parametrize("axis,voxel_axis", [("sagittal", 0), ("coronal", 1), ("axial", 2)])
+def test_thick_slices_blur_along_the_chosen_axis_only(axis, voxel_axis):
+    iso = generate_subject(40.0, 5, SHAPE, SPACING)
+    thick = generate_subject(40.0, 5, SHAPE, SPACING, acquisition_axis=axis, slice_thickness_factor=2.0)
+    np.testing.assert_array_equal(thick.label, iso.label)  # labels stay the high-resolution truth
+    np.testing.assert_array_equal(thick.brain_mask, iso.brain_mask)
+    np.testing.assert_array_equal(thick.affine, iso.affine)
+    others = [a for a in range(3) if a != voxel_axis]
+    for name in _IMAGES:
+        img = getattr(thick, name)
+        assert img.dtype == np.float32 and img.shape == SHAPE and np.isfinite(img).all()
+        along = _roughness(img, voxel_axis)
+        assert all(along < 0.7 * _roughness(img, a) for a in others), name
+        assert along < 0.7 * _roughness(getattr(iso, name), voxel_axis), name
+    assert thick.params["acquisition"]["axis"] == axis
+    assert thick.params["acquisition"]["voxel_axis"] == voxel_axis
+    assert "acquisition" not in iso.params
+
+
+def test_thick_slice_axis_comes_from_the_affine():
+    iso = generate_subject(40.0, 5, SHAPE, SPACING)
+    # the same scan stored with voxel axes 0 and 1 swapped: coronal is now voxel axis 0
+    perm = (1, 0, 2)
+    swapped = type(iso)(
+        **{
+            **{k: getattr(iso, k) for k in ("scan_age", "head_circumference", "spacing", "params")},
+            **{k: np.ascontiguousarray(getattr(iso, k).transpose(perm)) for k in (*_IMAGES, "label", "brain_mask")},
+            "affine": iso.affine[:, [1, 0, 2, 3]],
+        }
+    )
+    assert nib.aff2axcodes(swapped.affine) == ("A", "R", "S")
+    a = acquire_thick_slices(iso, "coronal", 2.0)
+    b = acquire_thick_slices(swapped, "coronal", 2.0)
+    assert b.params["acquisition"]["voxel_axis"] == 0
+    np.testing.assert_allclose(b.t2w, a.t2w.transpose(perm), rtol=1e-5, atol=1e-3)
+
+
+def test_thick_slice_operator_keeps_constants_and_averages_blocks():
+    for n, f in ((40, 2.0), (7, 2.0), (32, 2.5), (10, 3.0)):
+        op = thick_slice_operator(n, f).toarray()
+        assert op.shape == (n, n) and (op >= 0).all()
+        np.testing.assert_allclose(op.sum(1), 1.0, atol=1e-6)
+    # a pattern alternating every voxel is averaged out by 2-voxel slices
+    x = np.tile([0.0, 1.0], 10)
+    np.testing.assert_allclose(thick_slice_operator(20, 2.0) @ x, 0.5, atol=1e-6)
+
+
+def test_thick_study_set_notes_how_it_was_made_default_unchanged(study, tmp_path):
+    root, _ = study
+    assert not (root / ACQUISITION_NOTE).exists()
+    iso = tmp_path / "iso"
+    write_study_set(iso, 2, shape=SHAPE, spacing=SPACING, seed=3, acquisition_axis=None)
+    few = _all_files(iso)
+    assert all(few[k] == v for k, v in _all_files(root).items() if k in few and k.name != "participants.tsv")
+    thick = tmp_path / "thick"
+    write_study_set(thick, 2, shape=SHAPE, spacing=SPACING, seed=3, acquisition_axis="axial", slice_thickness_factor=3)
+    note = json.loads((thick / ACQUISITION_NOTE).read_text())
+    acq = note["acquisition"]
+    assert (acq["axis"], acq["voxel_axis"], acq["slice_thickness_factor"]) == ("axial", 2, 3.0)
+    assert acq["slice_thickness_mm"] == pytest.approx(3 * SPACING) and note["seed"] == 3
+    a, t = _all_files(iso), _all_files(thick)
+    for k, v in a.items():
+        same = k.name.endswith(("_dseg.nii.gz", "_mask.nii.gz", ".tsv"))
+        assert (t[k] == v) == same, k
+    ids = write_studies_folder(tmp_path / "studies", 1, shape=SHAPE, spacing=SPACING, seed=3, acquisition_axis="axial")
+    assert (tmp_path / "studies" / ACQUISITION_NOTE).is_file()
+    ref = load_volume(next(thick.rglob(f"{ids[0]}_desc-restore_T2w.nii.gz"))).data
+    img = load_volume(tmp_path / "studies" / f"{ids[0]}.nii.gz").data
+    assert not np.array_equal(img, ref)  # factor 2 (default) vs 3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"acquisition_axis": "oblique"},
+        {"acquisition_axis": "axial", "slice_thickness_factor": 1.0},
+        {"acquisition_axis": "axial", "slice_thickness_factor": float("nan")},
+        {"acquisition_axis": "axial", "slice_thickness_factor": "thick"},
+        {"acquisition_axis": "axial", "slice_thickness_factor": 30.0},
+    ],
+)
+def test_bad_acquisition_raises_and_writes_nothing(tmp_path, kwargs):
+    out = tmp_path / "out"
+    with pytest.raises(SyntheticError):
+        write_study_set(out, 2, shape=SHAPE, spacing=SPACING, **kwargs)
+    with pytest.raises(SyntheticError):
+        write_studies_folder(out, 2, shape=SHAPE, spacing=SPACING, **kwargs)
+    assert not out.exists()
+    with pytest.raises(SyntheticError):
+        generate_subject(40.0, 0, SHAPE, SPACING, **kwargs)
+
+
+def test_cli_synth_thick_slices(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.commands.synth import synth
+
+    app = typer.Typer()
+    app.command()(synth)
+    out = tmp_path / "cli"
+    base = [str(out), "--subjects", "1", "--shape", "32", "40", "40", "--spacing", "3.4", "--seed", "1"]
+    res = CliRunner().invoke(app, [*base, "--thick-axis", "sagittal", "--thick-factor", "2.5"])
+    assert res.exit_code == 0, res.output
+    assert "thick slices" in res.output
+    acq = json.loads((out / ACQUISITION_NOTE).read_text())["acquisition"]
+    assert (acq["axis"], acq["slice_thickness_factor"]) == ("sagittal", 2.5)
+    for bad in (["--thick-axis", "oblique"], ["--thick-factor", "3"]):
+        res = CliRunner().invoke(app, [str(tmp_path / "bad"), "--subjects", "1", *bad])
+        assert res.exit_code != 0 and not (tmp_path / "bad").exists(), bad

@@ -70,3 +70,29 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_short_run_learns_beyond_the_untrained_network(synth_dataset, tmp_path):
+    """120 iterations of the tiny preset must clearly beat its own initial weights on a held-out subject.
+
+    Measured (2 threads, lr 1e-2, 4 × 30 iterations, train on 5 subjects, test on the 6th): tissue Dice
+    0.026 → 0.262 at seed 0 (+0.236); seeds 2–5 gain +0.23 to +0.26. Seed 1 gains only +0.07 (CSF and
+    cortical grey matter not yet predicted), so the seed is fixed; the margin leaves room for numerics.
+    """
+    from training.fit.train import load_cases, validate
+    from training.model.network import build_network
+
+    subs = synth_dataset.with_labels()
+    train_subs, held_out = subs[:-1], subs[-1:]
+    cfg = TrainConfig(preset="tiny", epochs=4, iterations_per_epoch=30, batch_size=2, lr=1e-2, threads=2, seed=0,
+                      tensorboard=False)
+    res = train(cfg, train_subs, tmp_path / "learn", progress=False)
+    ck = load_checkpoint(res.last_path)
+    torch.manual_seed(cfg.seed)  # the Trainer seeds, then initialises: the same untrained weights
+    untrained = build_network(ck.network)
+    case = load_cases(held_out, ck.preprocess, max_candidates=1)
+    patch, cpu = tuple(ck.network.patch_size), torch.device("cpu")
+    before = validate(untrained, case, patch, cpu)["tissue_dice"]
+    after = validate(ck.model, case, patch, cpu)["tissue_dice"]
+    assert after > before + 0.15, (before, after)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]

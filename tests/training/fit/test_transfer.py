@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from training.data.labels import IGNORE
-from training.data.splits import SplitError, age_split, group_sizes, main, read_split, write_split
-from training.fit.finetune import FREEZE_LEVELS, FreezeError, apply_freeze, trainable_parameters
+from training.data.splits import SplitError, age_split, group_sizes
+from training.fit.finetune import apply_freeze, trainable_parameters
+from training.fit.freeze import FREEZE_LEVELS, FreezeError
 from training.fit.loss import MaskedDiceCELoss
 from training.model.network import build_network, network_config
 
@@ -46,7 +45,8 @@ def _batch(seed=0):
 @pytest.mark.parametrize(("level", "opt_name"), [("shallow", "adamw"), ("shallow", "sgd"), ("medium", "adamw"),
                                                   ("deep", "sgd"), ("full", "adamw"), ("none", "sgd")])
 def test_freeze_level_trains_exactly_the_intended_modules(level, opt_name):
-    from training.model.age import age_loss, forward_with_age
+    from training.fit.age import age_loss
+    from training.model.age import forward_with_age
 
     torch.manual_seed(0)
     cfg = network_config("tiny")
@@ -194,21 +194,6 @@ def test_split_scales_down_and_rejects_too_few():
         age_split(_ages(2))
     with pytest.raises(SplitError, match="duplicate"):
         age_split([("a", 30.0), ("a", 31.0), ("b", 40.0)])
-
-
-def test_split_cli_on_a_synthetic_set(synth_root, synth_dataset, tmp_path, capsys):
-    out = tmp_path / "split.json"
-    assert main([str(synth_root), "--out", str(out), "--seed", "1"]) == 0
-    sp = read_split(out)
-    ages = {s.id: s.scan_age for s in synth_dataset.subjects}
-    assert set(sp["source"]) | set(sp["target_train"]) | set(sp["target_test"]) <= set(ages)
-    assert min(ages[i] for i in sp["source"]) >= max(ages[i] for i in sp["target_train"] + sp["target_test"])
-    assert "source" in capsys.readouterr().out
-    bad = tmp_path / "bad.json"
-    write_split({**sp, "target_test": sp["source"][:1]}, bad)
-    with pytest.raises(SplitError, match="more than one group"):
-        read_split(bad)
-    assert json.loads(out.read_text())["seed"] == 1
 
 
 def test_cli_freeze_and_age_options(synth_root, synth_dataset, tmp_path):

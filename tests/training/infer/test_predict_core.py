@@ -10,15 +10,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from training.data.preprocess import PreprocessConfig
-from training.infer.predict import (
-    PredictError,
-    Predictor,
-    _n_windows,
-    foreground_mask,
-    plan_roi,
-    with_fast_instance_norm,
-)
+from training.infer.predictor import PredictError, Predictor, class_argmax, foreground_mask
+from training.infer.windows import _n_windows, plan_roi
 from training.model.network import build_network, network_config
+from training.model.norms import with_fast_instance_norm
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +266,6 @@ def test_head_box_grows_to_the_window_inside_the_volume(tiny):
 
 
 def test_class_argmax_equals_torch_argmax_with_ties():
-    from training.infer.predict import class_argmax
-
     g = torch.Generator().manual_seed(10)
     x = torch.randint(-3, 3, (10, 9, 8, 7), generator=g).float()  # many ties
     assert torch.equal(class_argmax(x), torch.argmax(x, dim=0))

@@ -9,8 +9,8 @@ import torch
 
 from training.data.nifti import Volume, load_volume, save_volume
 from training.data.preprocess import PreprocessConfig
-from training.data.synthetic import generate_subject
-from training.infer.predict import PredictError, Predictor
+from training.data.synthetic.write import generate_subject
+from training.infer.predictor import PredictError, Predictor
 from training.model.checkpoint import save_checkpoint
 from training.model.network import build_network, network_config
 

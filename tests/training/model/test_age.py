@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from training.data.labels import IGNORE, NUM_CLASSES
+from training.fit.age import AgeTraining
 from training.fit.loss import MaskedDiceCELoss
+from training.infer.age import predict_age
 from training.model.age import (
     AGE_MEAN_WEEKS,
     AGE_SD_WEEKS,
     AgeError,
-    AgeTraining,
     forward_with_age,
     normalise_age,
-    predict_age,
     weeks_from_normalised,
 )
 from training.model.network import build_network, network_config
@@ -97,8 +97,8 @@ def test_window_average_and_padding():
 
 
 def test_age_training_checkpoint_and_evaluation(synth_dataset, tmp_path):
+    from training.evaluate.age import evaluate_age_checkpoint
     from training.fit.train import TrainConfig, train
-    from training.model.age import evaluate_age_checkpoint
     from training.model.checkpoint import load_checkpoint
 
     subs = synth_dataset.with_labels()

@@ -1,0 +1,155 @@
+"""Taking in a checked submission: keep the raw upload, convert, store the merged label, record it.
+
+The order is what makes a crash lose nothing acknowledged: the raw upload is kept first (numbered,
+never overwritten), then the merged partial label is written atomically, then the ledger records
+it. A crash between label and ledger leaves the assignment open, and submitting the same slices
+again merges to the same label (``merge_partial`` is idempotent). A well-formed upload with
+painting of its own that is refused is kept under ``.neolabel/refused/<image>/`` with the reason:
+an annotator's work is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from strategies.annotate.ledger import AnnotationLedger
+from strategies.annotate.state import STATE_DIR, now_iso
+from strategies.annotate.submission import SubmissionRejected, check_submission, convert_submission, remap_segments
+from strategies.annotate.tags import FINAL, ORIGINAL
+from training.data.labels import FRAME, IGNORE
+from training.data.nifti import Volume, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MAX_REFUSED_PER_IMAGE = 100
+
+
+class LabelStore(Protocol):
+    """What the intake needs of the datastore (MONAI Label's, in the app)."""
+
+    def read_label(self, image_id: str, tag: str) -> np.ndarray | None: ...
+
+    def store_label_array(self, image_id: str, data: np.ndarray, affine: np.ndarray, tag: str,
+                          info: dict[str, Any] | None = None) -> str: ...
+
+    def image_count(self) -> int: ...
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def count_uploads(folder: Path) -> int:
+    """Kept uploads in a folder (``<nnnn>-<tag>.nii[.gz]``; temporary files and reason JSONs excluded)."""
+    return len([p for p in folder.iterdir() if not p.name.startswith(".") and ".nii" in p.name])
+
+
+class SubmissionIntake:
+    """Accepts (or refuses, keeping the painting) one annotator's upload for one image."""
+
+    def __init__(self, studies: str | Path, ledger: AnnotationLedger, store: LabelStore) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.submissions_dir = Path(studies) / STATE_DIR / "submissions"
+        self.refused_dir = Path(studies) / STATE_DIR / "refused"
+        self._root = Path(studies)
+        self._lock = threading.Lock()  # one save at a time: read previous → merge → write
+
+    def keep_raw(self, image_id: str, src: str, tag: str, root: Path | None = None) -> Path:
+        """Copy the upload verbatim to ``<root>/<image>/<nnnn>-<tag>.nii[.gz]`` (root: ``submissions``);
+        never overwrites."""
+        folder = (root or self.submissions_dir) / image_id
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = ".nii.gz" if src.endswith(".gz") else ".nii"
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        try:
+            n = count_uploads(folder) + 1
+            while True:
+                dest = folder / f"{n:04d}-{tag}{ext}"
+                try:
+                    os.link(tmp, dest)  # fails if dest exists: earlier submissions are never replaced
+                    return dest
+                except FileExistsError:
+                    n += 1
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _keep_refused(self, image_id: str, src: str, tag: str, data: np.ndarray, original: np.ndarray | None,
+                      client_id: str, exc: SubmissionRejected) -> str | None:
+        """Keep a refused upload that holds painting of its own (classes left as the server's ``original``
+        label are not painting), at most ``MAX_REFUSED_PER_IMAGE`` per scan (disk bound)."""
+        own = (data != 0) & (data != IGNORE)
+        if original is not None and original.shape == data.shape:
+            own &= data != original
+        if not np.any(own):
+            return None  # nothing painted: nothing to lose
+        folder = self.refused_dir / image_id
+        if folder.is_dir() and count_uploads(folder) >= MAX_REFUSED_PER_IMAGE:
+            log.warning("refused label for %r not kept: %d already kept", image_id, MAX_REFUSED_PER_IMAGE)
+            return None
+        try:
+            dest = self.keep_raw(image_id, src, tag, root=self.refused_dir)
+            why = {"image": image_id, "tag": tag, "client_id": client_id, "refused_at": now_iso(),
+                   "status": exc.status, "reason": str(exc)}
+            atomic_write_text(dest.with_name(dest.name.split(".nii")[0] + ".json"), json.dumps(why, indent=2))
+        except OSError as err:  # e.g. a full disk: the refusal stays a refusal, not a 500
+            log.error("refused label for %r could not be kept: %s", image_id, err)
+            return None
+        return str(dest.relative_to(self._root))
+
+    def accept(self, image_id: str, upload: str, tag: str, label: Volume, image_shape: tuple[int, ...],
+               affine: np.ndarray, label_info: Any, client_id: str) -> tuple[str, dict[str, Any]]:
+        """Check and store an upload (Slicer's segment numbering mapped back to classes by ``label_info``);
+        (label id, summary), or :class:`SubmissionRejected` with nothing changed."""
+        with self._lock:
+            original = self.store.read_label(image_id, ORIGINAL)
+            frame = original == FRAME if original is not None and original.shape == label.shape else None
+            data = check_submission(remap_segments(label.data, label_info, frame), label.affine, image_shape, affine)
+            if tag != FINAL:
+                self.keep_raw(image_id, upload, tag)
+                return self.store.store_label_array(image_id, data, affine, tag, {"client_id": client_id}), {}
+            previous = self.store.read_label(image_id, FINAL)
+            if previous is not None and previous.shape != data.shape:
+                previous = None
+            assignments = self.ledger.assignments_for(image_id, client_id)
+            if frame is not None and frame.any():
+                original = None  # a frame is no pre-segmentation (and never in `data`: it is no class)
+            try:
+                result = convert_submission(data, assignments, previous, original)
+            except SubmissionRejected as exc:
+                kept = self._keep_refused(image_id, upload, tag, data, original, client_id, exc)
+                if kept is None:
+                    raise
+                raise SubmissionRejected(
+                    f"{exc}. Your painting was kept on the server as {kept} (not used for training)", exc.status
+                ) from None
+            raw = self.keep_raw(image_id, upload, tag)
+            summary = result.summary()
+            summary["raw_submission"] = str(raw.relative_to(self._root))
+            summary["raw_sha256"] = sha256_file(raw)
+            summary["client_id"] = client_id
+            summary["saved_at"] = now_iso()
+            label_id = self.store.store_label_array(
+                image_id, result.partial, affine, FINAL,
+                {"partial": bool(np.any(result.partial == IGNORE)), "annotated_voxels": result.annotated_voxels,
+                 "client_id": client_id},
+            )
+            summary.update(self.ledger.on_accepted(image_id, result, client_id, summary))
+            summary["budget"] = self.ledger.budget_status(self.store.image_count())
+            return label_id, summary
