@@ -13,6 +13,7 @@ import typer
 # command name -> (module in apps.commands, function name)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve"),
+    "users": ("users", "app"),  # a group: users add|list|remove|passwd
     "synth": ("synth", "synth"),
     "plan": ("plan", "plan"),
     "train": ("train", "train"),
@@ -33,6 +34,9 @@ app = typer.Typer(
 
 for _name, (_module, _func) in COMMANDS.items():
     _fn = getattr(importlib.import_module(f"apps.commands.{_module}"), _func)
+    if isinstance(_fn, typer.Typer):
+        app.add_typer(_fn, name=_name)
+        continue
     # a command may ask for click context settings (serve parses repeated `--conf KEY VALUE` pairs itself)
     app.command(_name, context_settings=getattr(_fn, "context_settings", None))(_fn)
 

@@ -10,7 +10,8 @@ Layout under ``<workdir>/demo/``:
   the app's ``validation_dir`` (a retrained model worse on it is not published).
 * ``demo.json`` — written last; when present the demo is reused as it is (idempotent).
 
-Nothing is downloaded. The bootstrap trains ``training.fit.train.train`` for a few minutes on CPU.
+Nothing is downloaded. The bootstrap trains ``training.fit.train.train`` for a fixed, seeded number of
+iterations (:data:`DEMO_ITERATIONS`), so its quality does not depend on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from pathlib import Path
 
 DEMO_VERSION = 1
 SEEDS = {"served": 3, "train": 1, "validation": 2}
+DEMO_ITERATIONS = 400
+"""Training iterations of the demo's first model (cpu preset: about 3.5 min on 2 quiet CPU cores)."""
+DEMO_SEED = 0
+WARN_DICE = 0.5
+"""A class whose held-out Dice is below this is named in a warning after the first model's training."""
 
 
 @dataclass
@@ -78,17 +84,20 @@ def bootstrap_model(
     demo: Demo,
     model_path: str | Path,
     preset: str = "cpu",
-    minutes: float = 3.0,
+    iterations: int = DEMO_ITERATIONS,
     device: str | None = None,
     say: Callable[[str], None] = print,
-    min_iterations: int = 120,
     iterations_per_epoch: int = 10,
+    progress: bool = True,
 ) -> dict:
     """Train a first model on the demo's labelled subjects, print its held-out Dice, publish it.
 
-    Trains for ``minutes`` but at least ``min_iterations`` iterations (a slow or busy machine takes
-    longer rather than serving a useless model); seeded, so the same machine gives the same model.
-    """
+    A fixed number of seeded ``iterations`` (not a wall-clock budget): the same machine gives the
+    same model however busy it is, and the quoted Dice holds (a 3-minute budget gave 0.933 after 380
+    iterations on a quiet machine, 0.647 after 210 on a busy one). A progress bar shows the time left;
+    a class below :data:`WARN_DICE` held-out Dice is named in a warning."""
+    from tqdm.auto import tqdm
+
     from neonatal_app.lib.trainers.segmentation import publish
     from training.data import labels as L
     from training.data.dataset import open_dataset
@@ -98,34 +107,43 @@ def bootstrap_model(
     train_subjects = open_dataset(demo.train).with_labels()
     val_subjects = open_dataset(demo.validation).with_labels()
     out = demo.root / "bootstrap"
-    say(f"training the first model ({preset} preset, {minutes:g} min and at least {min_iterations} iterations) "
+    per_epoch = int(iterations_per_epoch)
+    epochs = max(1, -(-int(iterations) // per_epoch))
+    say(f"training the first model ({preset} preset, {epochs * per_epoch} iterations, seed {DEMO_SEED}) "
         f"on {len(train_subjects)} labelled demo subjects; {len(val_subjects)} held out")
     t0 = time.perf_counter()
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # short epochs so the stop rule (checked after each epoch) is kept to within a few seconds
-    per_epoch = int(iterations_per_epoch)
-    cfg = TrainConfig(preset=preset, epochs=10_000, iterations_per_epoch=per_epoch, device=dev,
+    cfg = TrainConfig(preset=preset, epochs=epochs, iterations_per_epoch=per_epoch, device=dev, seed=DEMO_SEED,
                       amp=dev == "cuda", tensorboard=False, val_every=10**6)
+    bar = tqdm(total=epochs * per_epoch, desc="first model", unit="it", disable=not progress)
 
-    def stop(rec: dict) -> bool:
-        done = rec["epoch"] * per_epoch
-        if rec["epoch"] % 5 == 0:
-            say(f"  {done} iterations, {time.perf_counter() - t0:.0f} s, loss {rec['loss']:.3f}")
-        return done >= min_iterations and time.perf_counter() - t0 >= minutes * 60
+    def step(rec: dict) -> bool:
+        bar.update(per_epoch)
+        bar.set_postfix_str(f"loss {rec['loss']:.3f}")
+        return False
 
-    result = train(cfg, train_subjects, out, val_subjects=None, progress=False, callback=stop)
+    try:
+        result = train(cfg, train_subjects, out, val_subjects=None, progress=False, callback=step)
+    finally:
+        bar.close()
     t_train = time.perf_counter() - t0
     report = evaluate_checkpoint(result.last_path, val_subjects, hd95=False)
     names = L.class_names()
-    say(f"held-out Dice of the first model ({len(val_subjects)} validation subjects, "
-        f"{result.epochs_completed * per_epoch} iterations in {t_train:.0f} s):")
+    done = result.epochs_completed * per_epoch
+    say(f"held-out Dice of the first model ({len(val_subjects)} validation subjects, {done} iterations in "
+        f"{t_train:.0f} s):")
     for c, v in sorted(report.mean_dice.items()):
         say(f"  {c} {names[c]:<38} {v:.3f}")
     say(f"  tissue mean (classes {', '.join(str(c) for c in L.TISSUE)}): {report.tissue_dice:.3f}")
+    weak = [f"{names[c]} {v:.3f}" for c, v in sorted(report.mean_dice.items()) if not v >= WARN_DICE]
+    if weak:
+        say(f"warning: held-out Dice below {WARN_DICE} for {', '.join(weak)}: the first model misses these "
+            "structures; pre-segmentations there need more correction (retrain after annotating, or delete "
+            f"{model_path} and start again with more iterations)")
     publish(result.last_path, model_path)
-    info = {"held_out_tissue_dice": report.tissue_dice, "iterations": result.epochs_completed * per_epoch,
-            "train_seconds": round(t_train, 1), "model": str(model_path)}
+    info = {"held_out_tissue_dice": report.tissue_dice, "iterations": done, "seed": DEMO_SEED,
+            "train_seconds": round(t_train, 1), "model": str(model_path), "weak_classes": weak}
     (demo.root / "bootstrap.json").write_text(json.dumps(info, indent=1))
     return info

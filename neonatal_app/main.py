@@ -4,11 +4,13 @@ Adapters only (see DESIGN.md): the datastore enforces the label contract and tur
 submissions into partial labels, ``/activelearning`` hands out budgeted slice assignments with
 leases, ``/infer`` and ``/train`` wrap training's Predictor and train loop. All annotation state
 lives in ``<studies>/.neolabel/`` so it survives restarts. Start it with ``neolabel serve``.
+Logins and roles (``--conf auth none|local|oidc``) guard every endpoint: ``neonatal_app.lib.auth``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,11 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.batch_infer import BatchInferTask
 from monailabel.utils.async_tasks.utils import processes, tasks
 
-from neonatal_app.lib.activelearning.budget import BudgetStrategy
-from neonatal_app.lib.activelearning.foreground_random import ForegroundRandomStrategy
-from neonatal_app.lib.activelearning.uncertainty import UncertaintyStrategy
+from neonatal_app.lib import auth, endpoints
+from neonatal_app.lib.activelearning.slices import BudgetStrategy, ForegroundRandomStrategy, UncertaintyStrategy
 from neonatal_app.lib.configs.segmentation import NAME as MODEL_NAME
 from neonatal_app.lib.configs.segmentation import SegmentationConfig
-from neonatal_app.lib.datastore import NeolabelDatastore
+from neonatal_app.lib.datastore import NeolabelDatastore, http_error
 from strategies.annotate.catalog import ScanCatalog, label_file
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.retrain import RetrainTriggers
@@ -30,6 +31,7 @@ from strategies.annotate.service import AnnotationService
 from strategies.annotate.settings import AppConfig
 from strategies.annotate.state import STATE_DIR, open_state
 from strategies.annotate.tags import BRAIN_MASK
+from strategies.annotate.users import UserStore
 from training.data import labels as L
 from training.data.labels import slicer_label_map
 
@@ -52,7 +54,7 @@ class NeonatalApp(MONAILabelApp):
         cache = Path(studies) / STATE_DIR / "cache"
         catalog = ScanCatalog(self.db, cache, brain_mask_of=label_file(studies, BRAIN_MASK))
         self.ledger = AnnotationLedger(self.db, self.app_config, catalog)
-        self._store = NeolabelDatastore(studies, self.ledger)
+        self._store = NeolabelDatastore(studies, self.ledger, max_upload_mb=self.app_config.max_upload_mb)
         self.segmentation = SegmentationConfig(studies, self.app_config, self.ledger)
         # built here rather than in the init_* hooks, so the annotation core gets them through its constructor
         self._infer = self.segmentation.infer()
@@ -60,6 +62,9 @@ class NeonatalApp(MONAILabelApp):
         self.service = AnnotationService(studies, self.ledger, self.app_config, images=self._store,
                                          predictor=self._infer.predictor, model_version=self._infer.version,
                                          busy=self.is_training)  # background scoring waits for a retraining
+        added = self.service.prepare()  # new scans' planner data now, not inside the first Next Sample
+        if added:
+            log.info("planner data of %d new scan(s) stored", added)
         self.triggers = RetrainTriggers(
             start_training=self._start_training,
             is_training=self.is_training,
@@ -77,6 +82,22 @@ class NeonatalApp(MONAILabelApp):
             version="0.1.0",
             labels=slicer_label_map(),  # 1–9: the plugin numbers segments 1, 2, … in this order
         )
+        self.users = UserStore(self.db)
+        self._guard_server(studies)
+
+    def _guard_server(self, studies: str) -> None:
+        """Logins and roles on MONAI Label's FastAPI app, when this process serves it (not in MONAI Label's
+        training subprocess). MONAI Label builds the app before it answers the first request, so no request
+        passes unguarded; a rebuilt app (``/reload``, tests) reconfigures the same guard."""
+        authority = auth.build_authority(self.app_config, self.db, studies)
+        if self.app_config.auth == "local" and not self.users.count():
+            log.warning("--conf auth local without users: nobody can log in (neolabel users add --studies ...)")
+        auth.GATE.configure(authority, self.app_config,
+                            open_assignment=lambda image, user: bool(self.ledger.assignments_for(image, user)))
+        server = sys.modules.get("monailabel.app")
+        if server is not None:
+            auth.install(server.app)
+            endpoints.install(server.app)
 
     # ------------------------------------------------------------------ MONAI Label hooks
     def init_datastore(self) -> NeolabelDatastore:
@@ -114,6 +135,13 @@ class NeonatalApp(MONAILabelApp):
             "running": self.is_training(),
         }
         return meta
+
+    def next_sample(self, request):
+        """An unknown strategy is the client's mistake: 404 with the strategies there are (MONAI Label: 500)."""
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise http_error(404, f"unknown strategy {strategy!r}; strategies: {', '.join(sorted(self._strategies))}")
+        return super().next_sample(request)
 
     def on_init_complete(self) -> None:
         super().on_init_complete()

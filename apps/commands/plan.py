@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from strategies.plan.selection import SCORED_SELECTIONS
+
 
 def plan(
     data: Path = typer.Argument(
@@ -24,7 +26,10 @@ def plan(
     margin: float = typer.Option(
         0.0, "--margin", help="Fraction of the brain's extent excluded at each end of the axis (0 ≤ M < 0.5)."
     ),
-    selection: str = typer.Option("equidistant", "--selection", help="equidistant | random (slices within a scan)."),
+    selection: str = typer.Option(
+        "equidistant", "--selection",
+        help="equidistant | random | fgrandom (slices within a scan; fgrandom without class counts = random).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed: same data + options + seed = same plan."),
     out: Path = typer.Option(..., "--out", help="Where to write the plan JSON."),
     figure: Path | None = typer.Option(None, "--figure", help="PNG of the assigned planes on one scan, 3 views."),
@@ -45,9 +50,9 @@ def plan(
     from training.data.dataset import DatasetError, open_dataset
     from training.data.nifti import atomic_write_text
 
-    if selection == "uncertainty":
+    if selection in SCORED_SELECTIONS:
         raise typer.BadParameter(
-            "uncertainty selection needs a model's probability maps; it is used by the server and `neolabel "
+            f"{selection} selection needs a model's probability maps; it is used by the server and `neolabel "
             "simulate`, not by `plan`",
             param_hint="--selection",
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from apps.demo import DEMO_ITERATIONS
+
 # MONAI Label settings that must be off or fixed before ``monailabel`` is imported: no MLflow tracking,
 # no scoring runs after every request, no datastore file watcher; nothing reaches the network.
 SERVER_ENV: dict[str, str] = {
@@ -63,6 +65,65 @@ def apply_settings(env: dict[str, str]) -> None:
             setattr(settings, key, value)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` keeps the server on this machine (only then may it run without logins)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_auth(host: str, auth: str | None, insecure: bool, conf: dict[str, str]) -> str:
+    """The ``--auth`` mode: given, or none on loopback, oidc with a realm URL, else local. No logins on an
+    interface others can reach is refused unless ``--insecure``: anyone there could delete work."""
+    given = conf.get("auth")
+    if auth is not None and given is not None and given != auth:
+        raise typer.BadParameter(f"--auth {auth} contradicts --conf auth {given}", param_hint="--auth")
+    mode = auth or given or ("none" if is_loopback(host) else "oidc" if conf.get("auth_realm_url") else "local")
+    if mode not in ("none", "local", "oidc"):
+        raise typer.BadParameter(f"{mode!r}: expected none, local or oidc", param_hint="--auth")
+    if mode == "oidc" and not conf.get("auth_realm_url"):
+        raise typer.BadParameter("--auth oidc needs --conf auth_realm_url https://HOST/realms/NAME",
+                                 param_hint="--auth")
+    if mode == "none" and not is_loopback(host) and not insecure:
+        raise typer.BadParameter(
+            f"--host {host} without logins would let anyone who reaches this port delete annotations and models. "
+            "Use --auth local (users: neolabel users add --studies DIR NAME ROLE) or --auth oidc "
+            "(--conf auth_realm_url https://HOST/realms/NAME); --insecure starts it anyway.",
+            param_hint="--auth",
+        )
+    conf["auth"] = mode
+    if insecure:
+        conf["auth_insecure"] = "true"
+    return mode
+
+
+def auth_banner(mode: str, served: Path, users_dir: str, serve_studies: str, conf: dict[str, str]) -> str:
+    """What the start prints about logins: with none, how to turn them on (``serve_studies`` "" = the demo)."""
+    if mode == "local":
+        from strategies.annotate.state import open_state
+        from strategies.annotate.users import UserStore
+
+        n = UserStore(open_state(served)).count()
+        if n == 0:
+            raise typer.BadParameter(
+                f"--auth local, but {served} has no users yet: add one with\n"
+                f"  neolabel users add --studies {users_dir} NAME admin --password-stdin",
+                param_hint="--auth",
+            )
+        return f"auth: local ({n} user(s); Slicer asks for user name and password at the first request)"
+    if mode == "oidc":
+        return f"auth: oidc (realm {conf.get('auth_realm_url')}, client {conf.get('auth_client_id', 'monailabel-app')})"
+    return ("auth: none (no logins; only clients on this machine are answered). To give annotators their own "
+            f"logins:\n  neolabel users add --studies {users_dir} NAME admin|annotator|reviewer|user\n"
+            f"  neolabel serve {'--studies ' + serve_studies + ' ' if serve_studies else ''}--auth local"
+            " [--host 0.0.0.0]")
+
+
 def parse_conf_args(args: list[str]) -> list[tuple[str, str]]:
     """``--conf KEY VALUE`` pairs (repeatable, MONAI Label style) from the command's extra arguments.
 
@@ -89,13 +150,18 @@ def serve(
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Where the demo set lives (<workdir>/demo)."),
-    bootstrap_minutes: float = typer.Option(
-        3.0, "--bootstrap-minutes", help="Training time of the demo's first model (at least the iterations below)."
-    ),
     bootstrap_iterations: int = typer.Option(
-        120, "--bootstrap-iterations", help="Minimum training iterations of the demo's first model."
+        DEMO_ITERATIONS, "--bootstrap-iterations",
+        help="Training iterations of the demo's first model (fixed and seeded: the same model on a busy machine).",
     ),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Prepare studies and model, do not start."),
+    auth: str | None = typer.Option(
+        None, "--auth", help="Logins: none (no accounts, loopback only), local (neolabel users), oidc (an OIDC/"
+        "Keycloak realm, --conf auth_realm_url). Default: none on loopback, else local (oidc with a realm URL)."
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Allow --auth none on an interface others can reach (anyone may then delete work)."
+    ),
 ) -> None:
     """Serve a study set to 3D Slicer (MONAI Label); without --studies, a generated demo set with a first model.
 
@@ -111,6 +177,7 @@ def serve(
     conf_dict = {k: v for k, v in conf}
     if len(conf_dict) != len(conf):
         typer.echo("note: a --conf key was given twice; the last value is used", err=True)
+    mode = resolve_auth(host, auth, insecure, conf_dict)
     try:
         cfg = AppConfig.from_conf(conf_dict)
     except ConfError as exc:
@@ -127,19 +194,22 @@ def serve(
         conf_dict.setdefault("validation_dir", str(demo.validation))
         mp = model_path(served)
         if not mp.is_file() and not cfg.pretrained:
-            bootstrap_model(demo, mp, preset=cfg.preset, minutes=bootstrap_minutes,
-                            device=None if cfg.device == "auto" else cfg.device, min_iterations=bootstrap_iterations)
+            bootstrap_model(demo, mp, preset=cfg.preset, iterations=bootstrap_iterations,
+                            device=None if cfg.device == "auto" else cfg.device)
         elif mp.is_file():
             typer.echo(f"reusing the demo model {mp}")
+        users_dir, serve_args = str(demo.served), ""
     else:
         try:
             served = servable_studies(studies)
         except StudiesError as exc:
             raise typer.BadParameter(str(exc), param_hint="--studies") from None
+        users_dir = serve_args = str(studies)
 
+    banner = auth_banner(mode, served, users_dir, serve_args, conf_dict)
     env = server_environment(served, conf_dict, port)
     apply_settings(env)
-    typer.echo(f"studies: {served}\napp: {app_dir()}\nprepared in {time.perf_counter() - t0:.0f} s")
+    typer.echo(f"studies: {served}\napp: {app_dir()}\nprepared in {time.perf_counter() - t0:.0f} s\n{banner}")
     if prepare_only:
         return
     typer.echo(f"MONAI Label server on http://{host}:{port}  (3D Slicer: MONAI Label module → server "

@@ -10,6 +10,8 @@ import typer
 
 from apps.simulation.conditions import STATIC_SELECTIONS
 from apps.simulation.config import SimulationConfig
+from apps.simulation.executor import EXECUTORS
+from apps.simulation.loop import LOOP_STRATEGIES
 from strategies.plan.selection import AXIS_MODES
 from training.model.presets import PRESETS
 
@@ -40,8 +42,14 @@ def simulate(
     iterations: int = typer.Option(
         None, "--iterations", help=f"Iterations per epoch (same for every model). Default {_D.iterations}."
     ),
+    budgets: list[str] = typer.Option(
+        None, "--budgets", help="Budget curves: budgets in percent of the pool's usable slices (comma list, e.g. "
+        "1,2,5,10,20,33,100; 100 = every usable slice of every pool scan). No dense baseline then. With --rounds: "
+        "the loop's seed set and the slices after each round (rounds + 1 values).",
+    ),
     dispersion: list[str] = typer.Option(
-        None, "--dispersion", help="Dispersion level(s): fraction of a scan's slices (0.33, 33%) or '1slice'."
+        None, "--dispersion", help="Dispersion level(s): fraction of a scan's slices (0.33, 33%) or '1slice'; "
+        "comma list or repeated."
     ),
     axis: list[str] = typer.Option(
         None, "--axis", help=f"Axes: {', '.join(AXIS_MODES)} (comma list). Default {','.join(_D.axes)}."
@@ -72,7 +80,8 @@ def simulate(
         None, "--synth-spacing", help=f"Synthetic voxel size in mm. Default {_D.synth_spacing}."
     ),
     strategy: list[str] = typer.Option(
-        None, "--strategy", help=f"Loop strategies (comma list or repeated). Default {','.join(_D.strategies)}."
+        None, "--strategy", help=f"Loop strategies: {', '.join(LOOP_STRATEGIES)} (comma list or repeated). "
+        f"Default {','.join(_D.strategies)}."
     ),
     seed_slices: int = typer.Option(None, "--seed-slices", help="Loop: slices of the initial seed set."),
     round_slices: int = typer.Option(None, "--round-slices", help="Loop: slices annotated per round."),
@@ -82,6 +91,28 @@ def simulate(
     ),
     loop_dispersion: float = typer.Option(
         None, "--loop-dispersion", help="Loop: fraction of a scan's slices per visit."
+    ),
+    executor: str = typer.Option(
+        None, "--executor", help=f"Where the model jobs run: {', '.join(EXECUTORS)} (inprocess = one after another "
+        f"in this process; local = --jobs processes; slurm = submitit array jobs; debug = submitit in this process). "
+        f"Default {_D.executor}."
+    ),
+    jobs: int = typer.Option(
+        None, "--jobs", help=f"--executor local: model jobs at once (each gets cores/jobs threads). Default {_D.jobs}."
+    ),
+    slurm_partition: str = typer.Option(None, "--slurm-partition", help="--executor slurm: partition."),
+    slurm_gpus_per_job: int = typer.Option(
+        None, "--slurm-gpus-per-job", help=f"--executor slurm: GPUs per model job. Default {_D.slurm_gpus_per_job}."
+    ),
+    slurm_cpus_per_job: int = typer.Option(
+        None, "--slurm-cpus-per-job", help=f"--executor slurm: CPUs per model job. Default {_D.slurm_cpus_per_job}."
+    ),
+    slurm_time: int = typer.Option(
+        None, "--slurm-time", help=f"--executor slurm: time limit per job in minutes. Default {_D.slurm_time}."
+    ),
+    slurm_array_parallelism: int = typer.Option(
+        None, "--slurm-array-parallelism",
+        help=f"--executor slurm: model jobs running at once. Default {_D.slurm_array_parallelism}.",
     ),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all cores)."),
     device: str = typer.Option(None, "--device", help="Training device (cpu, cuda); default: cuda when available."),
@@ -101,6 +132,9 @@ def simulate(
             raise typer.Exit(2) from None
     overrides = {}
     if threads:
+        import torch  # deferred: command modules import torch only when they run
+
+        torch.set_num_threads(int(threads))  # scoring here uses the threads training uses (and each job uses)
         overrides["threads"] = int(threads)
     if device:
         overrides["device"] = device
@@ -109,6 +143,7 @@ def simulate(
         "iterations": iterations,
         "seeds": seeds,
         "rounds": rounds,
+        "budgets": tuple(_split(budgets)) or None,
         "dispersions": tuple(_split(dispersion)) or None,
         "axes": tuple(_split(axis)) or None,
         "selections": tuple(_split(selection)) or None,
@@ -127,6 +162,13 @@ def simulate(
         "round_epochs": round_epochs,
         "loop_axis": loop_axis,
         "loop_dispersion": loop_dispersion,
+        "executor": executor,
+        "jobs": jobs,
+        "slurm_partition": slurm_partition,
+        "slurm_gpus_per_job": slurm_gpus_per_job,
+        "slurm_cpus_per_job": slurm_cpus_per_job,
+        "slurm_time": slurm_time,
+        "slurm_array_parallelism": slurm_array_parallelism,
     }
     cfg = SimulationConfig(
         out=out,

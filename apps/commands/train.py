@@ -2,16 +2,46 @@
 
 The plan → partial-label conversion is ``apps.plans`` (it needs ``strategies``, which ``training``
 must never import); ``training.fit.train.train`` only ever sees partial labels.
+
+``--nproc N`` re-runs this same command (without ``--nproc``) as N DDP processes through torchrun's
+own launcher (``python -m torch.distributed.run --standalone --nproc-per-node N -m apps.cli train …``);
+``torchrun … --no-python neolabel train …`` works directly too, also across nodes (docs/scale.md).
+Every rank parses the arguments and builds the same partial labels; rank 0 reports.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 
+def _forwarded_args(ctx: typer.Context, drop: set[str]) -> list[str]:
+    """This command's arguments as the user gave them (defaults left out): to re-run it under torchrun."""
+    positional: list[str] = []
+    options: list[str] = []
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name) if p.name else None
+        if p.name in drop or p.name is None or source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[p.name]
+        if p.param_type_name == "argument":
+            positional.append(str(value))
+        elif getattr(p, "is_flag", False):
+            flag = p.opts[0] if value else (p.secondary_opts[:1] or [None])[0]
+            options += [flag] if flag else []
+        elif value is not None:
+            options += [p.opts[0], str(value)]
+    return positional + options
+
+
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def train(
+    ctx: typer.Context,
     data: Path = typer.Argument(..., help="Dataset root (dHCP tree or a folder of NIfTI volumes + labels)."),
     out: Path = typer.Option(..., "--out", help="Output folder for checkpoints (best.pt, last.pt), logs, TensorBoard."),
     plan: Path | None = typer.Option(
@@ -48,6 +78,10 @@ def train(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, augmentation and initialisation."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="DDP processes on this machine, launched by torchrun (one per GPU; gloo on CPU). "
+        "--batch-size is per process. Several nodes: run torchrun yourself (docs/scale.md)."
+    ),
 ) -> None:
     """Train the DynUNet with the masked Dice+CE loss; writes OUT/best.pt and OUT/last.pt."""
     import logging
@@ -56,7 +90,11 @@ def train(
     from training.fit.train import TrainConfig, TrainError
     from training.fit.train import train as run_train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 logs and reports
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    if nproc < 1:
+        raise typer.BadParameter("--nproc must be ≥ 1", param_hint="--nproc")
     try:
         ds = open_dataset(data)
     except (DatasetError, OSError, ValueError) as exc:
@@ -77,6 +115,9 @@ def train(
         val_subjects = []
     val_set = {s.id for s in val_subjects}
     train_subjects = [s for s in ds.subjects if s.id not in val_set]
+    if nproc > 1 and not _under_torchrun():
+        _launch(ctx, nproc, out, resume, device)
+        return
 
     partial = None
     if plan is not None:
@@ -101,6 +142,30 @@ def train(
                         init=init, progress=progress)
     except (TrainError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if not main_rank:
+        return
     best = f", best validation tissue Dice {res.best_metric:.4f}" if res.best_metric is not None else ""
-    typer.echo(f"trained {res.epochs_completed} epochs on {res.n_train} subjects{best}; "
+    ranks = f" in {os.environ['WORLD_SIZE']} processes" if _under_torchrun() else ""
+    typer.echo(f"trained {res.epochs_completed} epochs on {res.n_train} subjects{ranks}{best}; "
                f"checkpoints: {res.best_path}, {res.last_path}")
+
+
+def _launch(ctx: typer.Context, nproc: int, out: Path, resume: bool, device: str | None) -> None:
+    """Re-run this command as ``nproc`` ranks through torchrun and wait (rank 0 prints the report)."""
+    import subprocess
+
+    import torch
+
+    from training.fit.distributed import run_torchrun
+
+    if resume and not (out / "last.pt").is_file():
+        raise typer.BadParameter(f"nothing to resume: {out / 'last.pt'} does not exist", param_hint="--resume")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device != "cpu" and gpus and nproc > gpus:  # NCCL needs a GPU of its own per process
+        raise typer.BadParameter(f"{nproc} processes but {gpus} visible GPU(s): one process per GPU "
+                                 "(or --device cpu)", param_hint="--nproc")
+    try:
+        run_torchrun(nproc, ["apps.cli", "train", *_forwarded_args(ctx, {"nproc"})])
+    except subprocess.CalledProcessError as exc:
+        typer.echo(f"error: a training process failed (exit {exc.returncode}); see the messages above", err=True)
+        raise typer.Exit(1) from None

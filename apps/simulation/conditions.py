@@ -17,9 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from strategies.plan.axes import AXES
-from strategies.plan.selection import AXIS_MODES, SELECTIONS
+from strategies.plan.selection import AXIS_MODES, SCORED_SELECTIONS, SELECTIONS
 
-STATIC_SELECTIONS: tuple[str, ...] = tuple(s for s in SELECTIONS if s != "uncertainty")  # static plans need no model
+STATIC_SELECTIONS: tuple[str, ...] = tuple(s for s in SELECTIONS if s not in SCORED_SELECTIONS)
+"""Selections a static plan can use (the scored ones need a model: loop mode)."""
 DEFAULT_AXES: tuple[str, ...] = (*AXES, "random")
 DEFAULT_DISPERSIONS: tuple[str, ...] = ("0.33",)
 ONE_SLICE = "1slice"
@@ -35,7 +36,9 @@ class Condition:
     """One way of spending the budget.
 
     ``dispersion``: fraction of a scan's usable slices it receives (1.0 = whole volumes) or
-    ``"1slice"``; ``full`` marks the baseline that trains on the dense labels of whole volumes.
+    ``"1slice"``; ``full`` marks the baseline that trains on the dense labels of whole volumes;
+    ``budget``: budget-curve mode, the percentage of the pool's usable slices it spends (None: the
+    baseline's slice count, the paper's design).
     """
 
     name: str
@@ -44,19 +47,29 @@ class Condition:
     selection: str = "equidistant"
     margin: float = 0.1
     full: bool = False
+    budget: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.budget is None:
+            d.pop("budget")  # so results and resume keys of the paper's design stay as they were
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> Condition:
-        return cls(**{k: d[k] for k in ("name", "dispersion", "axis", "selection", "margin", "full") if k in d})
+        keys = ("name", "dispersion", "axis", "selection", "margin", "full", "budget")
+        return cls(**{k: d[k] for k in keys if k in d})
 
     def key(self) -> str:
         """Stable hash of everything that changes the result (the name is only a label)."""
         d = self.to_json()
         d.pop("name")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def curve(self) -> str:
+        """Budget mode: the name of the budget curve this point lies on (the name without the budget)."""
+        return self.name.split("-", 1)[1] if self.budget is not None else self.name
 
     @property
     def dispersion_label(self) -> str:
@@ -105,9 +118,22 @@ def _check_margin(margin: float) -> float:
     return m
 
 
-def condition_name(dispersion: float | str, axis: str, selection: str, margin: float, default_margin: float) -> str:
+def parse_budget(value: str | float) -> float:
+    """A budget-curve point: percent of the pool's usable slices, in (0, 100] (``"10"``, ``"10%"``)."""
+    text = str(value).strip().rstrip("%")
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConditionError(f"budget {value!r} is not a percentage (e.g. 10 or 10%)") from None
+    if not math.isfinite(v) or v <= 0 or v > 100:
+        raise ConditionError(f"budget must be in (0, 100] (percent of the pool's usable slices), got {value!r}")
+    return v
+
+
+def condition_name(dispersion: float | str, axis: str, selection: str, margin: float, default_margin: float,
+                   budget: float | None = None) -> str:
     level = "1slice" if dispersion == ONE_SLICE else f"d{round(float(dispersion) * 100):d}"
-    name = f"{level}-{axis}"
+    name = f"{level}-{axis}" if budget is None else f"b{budget:g}-{level}-{axis}"
     if selection != "equidistant":
         name += f"-{selection}"
     if abs(margin - default_margin) > 1e-9:
@@ -122,29 +148,28 @@ def build_conditions(
     margins: Sequence[float] = (0.1,),
     *,
     baseline: bool = True,
+    budgets: Sequence[str | float] = (),
 ) -> list[Condition]:
     """The baseline plus every dispersion × axis × selection × margin combination (paper default:
     full volumes + 33% along sagittal, coronal, axial, random). A dispersion of 1.0 is a
-    sparse-label whole-volume condition along that axis (distinct from the dense baseline)."""
+    sparse-label whole-volume condition along that axis (distinct from the dense baseline).
+
+    With ``budgets`` (budget curves) every combination is repeated per budget and there is no dense
+    baseline: the 100 % budget (every usable slice of every pool scan) is the full-annotation reference."""
     margins = [_check_margin(m) for m in margins] or [0.1]
     default_margin = margins[0]
+    levels: list[float | None] = sorted({parse_budget(b) for b in budgets}) or [None]
     out: list[Condition] = []
-    if baseline:
+    if baseline and levels == [None]:
         out.append(Condition("full", 1.0, "axial", "equidistant", default_margin, full=True))
-    for d in dispersions:
-        disp = parse_dispersion(d)
-        for axis in axes:
-            for sel in selections:
-                for m in margins:
-                    out.append(
-                        Condition(
-                            condition_name(disp, _check_axis(axis), _check_selection(sel), m, default_margin),
-                            disp,
-                            axis,
-                            sel,
-                            m,
-                        )
-                    )
+    for b in levels:
+        for d in dispersions:
+            disp = parse_dispersion(d)
+            for axis in axes:
+                for sel in selections:
+                    for m in margins:
+                        name = condition_name(disp, _check_axis(axis), _check_selection(sel), m, default_margin, b)
+                        out.append(Condition(name, disp, axis, sel, m, budget=b))
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

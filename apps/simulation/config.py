@@ -11,6 +11,7 @@ from typing import Any
 
 from apps.simulation.conditions import DEFAULT_AXES, DEFAULT_DISPERSIONS, Condition, build_conditions
 from apps.simulation.data import SimulationError
+from apps.simulation.executor import ExecutorSettings
 from strategies.plan.axes import AXES
 
 # Default synthetic run: sized to finish within ~15 minutes on 2 CPU cores (see README).
@@ -20,6 +21,8 @@ DEFAULT_SEEDS = 2
 DEFAULT_SYNTH_SUBJECTS = 16
 DEFAULT_SYNTH_SHAPE = (36, 48, 48)
 DEFAULT_SYNTH_SPACING = 3.0
+# Loop mode: the active choices against foreground-aware random (nnActive's bar) and the planner.
+DEFAULT_STRATEGIES = ("claspe", "uncertainty", "fgrandom", "equidistant")
 # Short CPU runs learn much faster with AdamW at 1e-2 than at training's 3e-3 default (one measured
 # pair on the default synthetic set, 300 iterations: tissue Dice 0.43 vs 0.29); --lr 0 keeps training's default.
 DEFAULT_LR = 1e-2
@@ -38,6 +41,8 @@ class SimulationConfig:
     rounds: int = 0
     # conditions (static mode)
     dispersions: tuple[str, ...] = DEFAULT_DISPERSIONS
+    # budget curves: percent of the pool's usable slices per point (empty = the baseline's slice count)
+    budgets: tuple[str, ...] = ()
     axes: tuple[str, ...] = DEFAULT_AXES
     selections: tuple[str, ...] = ("equidistant",)
     margins: tuple[float, ...] = (0.1,)
@@ -56,16 +61,31 @@ class SimulationConfig:
     lr: float | None = DEFAULT_LR
     train_overrides: dict[str, Any] = field(default_factory=dict)
     # loop mode
-    strategies: tuple[str, ...] = ("uncertainty", "random", "equidistant")
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seed_slices: int | None = None  # None → half the static budget
     round_slices: int | None = None  # None → a quarter of the static budget
     round_epochs: int | None = None  # None → max(1, epochs // 2)
     loop_dispersion: float = 0.33
     loop_axis: str = "axial"
     progress: bool = True
+    # where model jobs run (apps/simulation/executor.py); it changes no result, so it is in no result's key
+    executor: str = "inprocess"  # inprocess | local | slurm | debug
+    jobs: int = 1  # local: processes at once
+    slurm_partition: str | None = None
+    slurm_gpus_per_job: int = 1
+    slurm_cpus_per_job: int = 8
+    slurm_time: int = 120  # minutes per job
+    slurm_array_parallelism: int = 16
+
+    def executor_settings(self) -> ExecutorSettings:
+        return ExecutorSettings(kind=self.executor, jobs=self.jobs, slurm_partition=self.slurm_partition,
+                                slurm_gpus_per_job=self.slurm_gpus_per_job, slurm_cpus_per_job=self.slurm_cpus_per_job,
+                                slurm_time_min=self.slurm_time, slurm_array_parallelism=self.slurm_array_parallelism,
+                                threads=self.train_overrides.get("threads"))
 
     def conditions(self) -> list[Condition]:
-        return build_conditions(self.dispersions, self.axes, self.selections, self.margins, baseline=self.baseline)
+        return build_conditions(self.dispersions, self.axes, self.selections, self.margins, baseline=self.baseline,
+                                budgets=self.budgets)
 
     def train_settings(self) -> dict[str, Any]:
         s: dict[str, Any] = {"preset": self.preset, "tensorboard": False}
@@ -87,6 +107,12 @@ class SimulationConfig:
             raise SimulationError("--iterations must be ≥ 1")
         if self.full_volumes < 1:
             raise SimulationError("--full-volumes must be ≥ 1")
+        if self.rounds and self.budgets and len(self.budgets) != self.rounds + 1:
+            raise SimulationError(
+                f"loop mode with --budgets: the seed set is the first budget and each round grows to the next, "
+                f"so --rounds must be {len(self.budgets) - 1} for {len(self.budgets)} budgets (got {self.rounds})"
+            )
+        self.executor_settings().check()
         if self.count_axis not in AXES:
             raise SimulationError(f"count axis must be one of {', '.join(AXES)}, got {self.count_axis!r}")
         if self.data is not None and not Path(self.data).is_dir():

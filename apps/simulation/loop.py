@@ -5,12 +5,19 @@ equidistant budget planner, a model trained from scratch for ``epochs``. Each la
 the strategy (through :func:`strategies.plan.incremental.next_assignment`, exactly as the server does
 for an annotator) for assignments until ``round_slices`` more slices are annotated; the oracle
 fills them from the dense labels; the model is fine-tuned from the previous round's checkpoint on
-everything annotated so far for ``round_epochs``; the held-out Dice is recorded. Strategies:
+everything annotated so far for ``round_epochs``; the held-out Dice is recorded. Strategies (the
+planner's selections, :data:`strategies.plan.selection.SELECTIONS`):
 
-* ``uncertainty``: scans and slices by predictive entropy of the current model (the model's
-  probabilities on the pool scans are recomputed every round);
-* ``random``: foreground-aware random slices (only brain slices inside the margins);
+* ``claspe``: class-stratified, power-noised predictive entropy of the current model, its noise
+  decaying with the round (the model's probabilities on the pool scans are recomputed every round);
+* ``uncertainty``: scans and slices by plain predictive entropy of the current model;
+* ``fgrandom``: foreground-aware random (nnActive's baseline): a third of the picks seeded on a
+  class of the oracle's dense label, the rest uniform over the brain slices inside the margins;
+* ``random``: uniform over the brain slices inside the margins;
 * ``equidistant``: the budget planner's evenly spaced slices, scans in its age-stratified order.
+
+With ``targets`` (budget curves) the seed set is ``targets[0]`` slices and round ``k`` grows to
+``targets[k]``; otherwise each round adds ``round_slices``.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from apps.simulation.backend import EvaluateFn, ProbabilitiesFn, TrainFn, TrainJob, check_scores
 from apps.simulation.data import Oracle, SimulationError, Split
+from apps.simulation.executor import ModelExecutor, run_one
 from apps.simulation.store import prepare_model_dir, read_result, settings_key, write_json
+from strategies.plan.selection import CLASS_SELECTIONS, SCORED_SELECTIONS, SELECTIONS
 
-LOOP_STRATEGIES: tuple[str, ...] = ("uncertainty", "random", "equidistant")
+LOOP_STRATEGIES: tuple[str, ...] = SELECTIONS
 _CLOCK0 = datetime(2026, 1, 1, tzinfo=timezone.utc)  # simulated time: deterministic leases
 
 
@@ -41,10 +51,21 @@ class LoopSettings:
     axis: str = "axial"
     margin: float = 0.1
     strategies: tuple[str, ...] = LOOP_STRATEGIES
+    targets: tuple[int, ...] = ()  # annotated slices after the seed set and each round (budget curves)
+
+    def target(self, round_no: int) -> int:
+        """Slices annotated once round ``round_no`` is done (round 0 = the seed set)."""
+        if self.targets:
+            return int(self.targets[round_no])
+        return self.seed_slices + round_no * self.round_slices
 
     def check(self) -> LoopSettings:
         if self.rounds < 1:
             raise SimulationError("--rounds must be ≥ 1 in loop mode")
+        if self.targets and (len(self.targets) != self.rounds + 1
+                             or any(b <= a for a, b in zip(self.targets, self.targets[1:], strict=False))):
+            raise SimulationError(f"loop budgets must give {self.rounds + 1} growing slice counts, got {self.targets} "
+                                  "(use budgets further apart, or fewer)")
         if self.seed_slices < 1 or self.round_slices < 1:
             raise SimulationError("the seed set and the per-round budget need at least one slice each")
         unknown = [s for s in self.strategies if s not in LOOP_STRATEGIES]
@@ -94,8 +115,9 @@ def state_assignments(state: Any, strategy: str, entries: dict[str, Any]) -> dic
 
 
 def _scores_for(checkpoint: Path, entries: Sequence[Any], pool: dict[str, Any], probabilities_fn: ProbabilitiesFn,
-                oracle: Oracle) -> dict:
-    """Per-slice uncertainty scores of the current model on every pool scan (brain-masked)."""
+                oracle: Oracle, model_round: int = 0) -> dict:
+    """Per-slice uncertainty scores of the current model on every pool scan (brain-masked); ``model_round``
+    = the generation of the model (claspe's noise schedule)."""
     import numpy as np
 
     from strategies.plan.uncertainty import slice_scores
@@ -110,7 +132,7 @@ def _scores_for(checkpoint: Path, entries: Sequence[Any], pool: dict[str, Any], 
             mask = load_volume(subject.brain_mask).data != 0
         else:  # brain region from the image header grid is unknown without a mask; fall back to predicted brain
             mask = np.isin(np.argmax(probs, axis=0), np.asarray(BRAIN))
-        out[e.id] = slice_scores(probs, e.affine, mask)
+        out[e.id] = slice_scores(probs, e.affine, mask, model_round=model_round)
     return out
 
 
@@ -130,13 +152,19 @@ def run_loop(
     progress: bool = True,
     on_result: Callable[[list[dict]], None] | None = None,
     log: Callable[[str], None] = print,
+    class_counts: dict | None = None,
+    executor: ModelExecutor | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """All strategies × seeds × rounds; each round's result JSON is written atomically (resume)."""
+    """All strategies × seeds × rounds; each round's result JSON is written atomically (resume).
+
+    ``class_counts``: the oracle's per-class slice counts per pool scan (``fgrandom`` seeds on them)."""
     from tqdm.auto import tqdm
 
     from strategies.plan.incremental import AssignmentState, new_state
 
     settings.check()
+    if executor is not None:  # each round is one job (waited for): a fresh oracle keeps its cache out of the pickle
+        oracle = Oracle(split.pool)
     by_id = {e.id: e for e in entries}
     pool = {s.id: s for s in split.pool}
     results: list[dict] = []
@@ -199,7 +227,8 @@ def run_loop(
             r0 = read_result(dir0 / "result.json", key0)
             if r0 is None:
                 bar.set_postfix_str(f"seed set, seed {seed}")
-                r0 = train_and_score("seed-set", seed, dir0, st0, "seed-set", 0, None, settings.epochs, key0)
+                r0 = run_one(executor, f"seed set seed {seed}", dir0 / "result.json", partial(
+                    train_and_score, "seed-set", seed, dir0, st0, "seed-set", 0, None, settings.epochs, key0))
             else:
                 skipped.append(f"seed set seed {seed}")
             bar.update(1)
@@ -213,12 +242,12 @@ def run_loop(
                 prev_ckpt = Path(r0["checkpoint"])
                 prev_key = key0
                 for k in range(1, settings.rounds + 1):
-                    target = settings.seed_slices + k * settings.round_slices
+                    target = settings.target(k)
                     run_dir = out / "loop" / strategy / f"seed{seed}" / f"round{k}"
                     # The key chains the previous round's key: a changed earlier round invalidates later ones.
                     key = settings_key({"loop": strategy, "seed": seed, "round": k, "prev": prev_key,
-                                        "round_slices": settings.round_slices, "round_epochs": settings.round_epochs,
-                                        **common})
+                                        "round_slices": target - settings.target(k - 1),
+                                        "round_epochs": settings.round_epochs, **common})
                     stored = read_result(run_dir / "result.json", key)
                     label = f"{strategy} seed {seed} round {k}"
                     if stored is not None:
@@ -226,17 +255,18 @@ def run_loop(
                         skipped.append(label)
                     else:
                         bar.set_postfix_str(label)
-                        scores = None
-                        if strategy == "uncertainty":
+                        scores = class_counts if strategy in CLASS_SELECTIONS else None
+                        if strategy in SCORED_SELECTIONS:
                             if probabilities_fn is None:
-                                raise SimulationError("the uncertainty strategy needs a probabilities function")
-                            scores = _scores_for(prev_ckpt, entries, pool, probabilities_fn, oracle)
+                                raise SimulationError(f"the {strategy} strategy needs a probabilities function")
+                            scores = _scores_for(prev_ckpt, entries, pool, probabilities_fn, oracle, k - 1)
                         state, got = annotate_until(state, entries, target, round_no=k, scores=scores)
                         if not got:
                             log(f"{label}: no slices left to assign; stopping this strategy")
                             break
-                        res = train_and_score(strategy, seed, run_dir, state, strategy, k, prev_ckpt,
-                                              settings.round_epochs, key)
+                        res = run_one(executor, label, run_dir / "result.json", partial(
+                            train_and_score, strategy, seed, run_dir, state, strategy, k, prev_ckpt,
+                            settings.round_epochs, key))
                         td = res["scores"]["tissue_dice"]
                         log(f"{label}: {res['n_slices']} slices, tissue Dice "
                             f"{td if td is None else round(td, 4)}, train {res['train_seconds']:.0f} s")

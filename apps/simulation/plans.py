@@ -10,7 +10,7 @@ slices equals that count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apps.simulation.conditions import ONE_SLICE, Condition
@@ -58,8 +58,12 @@ def baseline_assignments(volumes: Sequence[Any], count_axis: str, margin: float,
     return out
 
 
-def condition_assignments(cond: Condition, ordered: Sequence[Any], total: int, seed: int) -> list[Any]:
-    """Plan ``total`` slices over the pool for a dispersed condition; error if the pool cannot pay for it."""
+def condition_assignments(cond: Condition, ordered: Sequence[Any], total: int, seed: int,
+                          scores: Mapping[str, Any] | None = None) -> list[Any]:
+    """Plan ``total`` slices over the pool for a dispersed condition; error if the pool cannot pay for it.
+
+    ``scores`` (per scan, ``strategies.plan.uncertainty`` form): the oracle's per-class slice counts
+    that foreground-aware random (``fgrandom``) seeds its class picks on."""
     from strategies.plan.budget import BudgetConfig, plan_budget
 
     kwargs: dict[str, Any] = {
@@ -75,14 +79,15 @@ def condition_assignments(cond: Condition, ordered: Sequence[Any], total: int, s
     else:
         kwargs["dispersion"] = float(cond.dispersion)
     cfg = _budget_config(BudgetConfig, kwargs)
-    plan = plan_budget(list(ordered), cfg)
+    plan = plan_budget(list(ordered), cfg, scores=scores)
     assignments = list(getattr(plan, "assignments", plan))
     spent = sum(len(a.indices) for a in assignments)
     if spent != total:
         raise SimulationError(
             f"condition {cond.name}: the training pool ({len(ordered)} scans) pays for {spent} of the "
-            f"{total} slices of the budget; use more scans (a larger study set / fewer --test-scans) or "
-            "fewer --full-volumes"
+            f"{total} slices of the budget; "
+            + ("use more scans (a larger study set / fewer --test-scans) or fewer --full-volumes"
+               if cond.budget is None else "a budget this large needs a higher dispersion")
         )
     return assignments
 

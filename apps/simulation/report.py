@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from apps.simulation.curves import SHORT_NAMES, Curve, budget_section, build_curves, loop_section
+from apps.simulation.stats import Estimate, mean_ci, paired_difference
 from training.data import labels as L
 from training.data.nifti import atomic_write_text
 
 CSV_COLUMNS: tuple[str, ...] = (
     "mode",
     "condition",
+    "budget",
     "dispersion",
     "axis",
     "selection",
@@ -34,10 +37,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "train_seconds",
 )
 """One row per condition (loop mode: strategy and round) × seed × class; class ``tissue`` is the
-mean over ``training.data.labels.TISSUE``."""
+mean over ``training.data.labels.TISSUE``. ``budget``: budget-curve mode, percent of the pool's
+usable slices (empty otherwise)."""
 
-SHORT_NAMES = {0: "Out", 1: "CSF", 2: "cGM", 3: "WM", 4: "BG", 5: "Vent", 6: "Cereb", 7: "dGM", 8: "BStem",
-               9: "Hip/Amy"}
 
 
 def _f(v: Any) -> float:
@@ -61,6 +63,7 @@ def csv_rows(results: Sequence[dict]) -> list[dict]:
         base = {
             "mode": r["mode"],
             "condition": result_label(r),
+            "budget": "" if cond.get("budget") is None else f"{float(cond['budget']):g}",
             "dispersion": cond.get("dispersion", r.get("dispersion", "")),
             "axis": cond.get("axis", r.get("axis", "")),
             "selection": cond.get("selection", r.get("selection", "")),
@@ -167,7 +170,9 @@ def findings(results: Sequence[dict]) -> list[str]:
         diffs = [d for d in diffs if not math.isnan(d)]
         if diffs:
             wins = sum(d > 0 for d in diffs)
-            paired.append(f"{x['name']} {np.mean(diffs):+.3f} (better in {wins}/{len(diffs)} seeds)")
+            p = paired_difference(diffs, [0.0] * len(diffs))
+            paired.append(f"{x['name']} {np.mean(diffs):+.3f} (better in {wins}/{len(diffs)} seeds; 95% CI "
+                          f"{_ci(p.diff)}, Wilcoxon p = {p.p_value:.3g}: {p.verdict})")
     if paired:
         lines.append("Paired by seed (condition − baseline, tissue Dice): " + "; ".join(paired) + ".")
     seeds = max(x["n"] for x in s)
@@ -183,62 +188,62 @@ def findings(results: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _paper_section(static: Sequence[dict]) -> list[str]:
+    """The paper's design: a Table-3-style table (mean ± sd and the 95 % bootstrap CI over seeds)."""
+    tissue = list(L.TISSUE)
+    lines = [
+        "## Conditions (mean ± sd over seeds, held-out test scans)",
+        "",
+        "| condition | dispersion | axis | scans | slices | seeds | tissue Dice | tissue Dice 95% CI | all-class Dice "
+        "| tissue HD95 (mm) | train time (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rs in group(static).items():
+        c = rs[0]["condition"]
+        disp = "full volumes" if c.get("full") else (
+            "1 slice/scan" if c["dispersion"] == "1slice" else f"{float(c['dispersion']):.0%}")
+        axis = f"{c['axis']} (counted)" if c.get("full") else c["axis"]
+        td = [_f(r["scores"]["tissue_dice"]) for r in rs]
+        lines.append(
+            f"| {name} | {disp} | {axis} | {_ms([r['n_volumes'] for r in rs], 1)} | "
+            f"{_ms([r['n_slices'] for r in rs], 0)} | {len(rs)} | {_ms(td)} | {_ci(mean_ci(td))} | "
+            f"{_ms([_f(r['scores']['mean_dice']) for r in rs])} | "
+            f"{_ms([_f(r['scores']['tissue_hd95']) for r in rs], 2)} | "
+            f"{_ms([r['train_seconds'] for r in rs], 0)} |"
+        )
+    lines += ["", "## Dice per class (mean ± sd over seeds)", ""]
+    lines.append("| condition | " + " | ".join(SHORT_NAMES[c] for c in tissue) + " |")
+    lines.append("|---|" + "---:|" * len(tissue))
+    for name, rs in group(static).items():
+        cells = [_ms([_f(r["scores"]["dice"].get(str(c))) for r in rs]) for c in tissue]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    f = findings(static)
+    if f:
+        lines += ["", "## Findings (the paper's two, checked on this run)", ""] + [f"- {x}" for x in f]
+    return lines
+
+
+def _ci(e: Estimate) -> str:
+    return f"[{e.lo:.3f}, {e.hi:.3f}]" if e.has_ci else "n/a"
+
+
 def markdown(results: Sequence[dict], meta: dict) -> str:
-    """``results.md``: the setup, a Table-3-style table (conditions as rows, mean ± sd over seeds)."""
+    """``results.md``: the setup, then the paper's table, the budget curves or the learning curves."""
     lines = ["# Simulation results", ""]
     for k, v in meta.items():
         lines.append(f"- {k}: {v}")
     lines.append("")
-    static = [r for r in results if r["mode"] == "static"]
+    static = [r for r in results if r["mode"] == "static" and (r["condition"].get("budget") is None)]
+    budget = [r for r in results if r["mode"] == "static" and r["condition"].get("budget") is not None]
     loop = [r for r in results if r["mode"] == "loop"]
-    tissue = [c for c in L.TISSUE]
     if static:
-        lines += [
-            "## Conditions (mean ± sd over seeds, held-out test scans)",
-            "",
-            "| condition | dispersion | axis | scans | slices | seeds | tissue Dice | all-class Dice "
-            "| tissue HD95 (mm) | train time (s) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, rs in group(static).items():
-            c = rs[0]["condition"]
-            disp = "full volumes" if c.get("full") else (
-                "1 slice/scan" if c["dispersion"] == "1slice" else f"{float(c['dispersion']):.0%}")
-            axis = f"{c['axis']} (counted)" if c.get("full") else c["axis"]
-            lines.append(
-                f"| {name} | {disp} | {axis} | {_ms([r['n_volumes'] for r in rs], 1)} | "
-                f"{_ms([r['n_slices'] for r in rs], 0)} | {len(rs)} | "
-                f"{_ms([_f(r['scores']['tissue_dice']) for r in rs])} | "
-                f"{_ms([_f(r['scores']['mean_dice']) for r in rs])} | "
-                f"{_ms([_f(r['scores']['tissue_hd95']) for r in rs], 2)} | "
-                f"{_ms([r['train_seconds'] for r in rs], 0)} |"
-            )
-        lines += ["", "## Dice per class (mean ± sd over seeds)", ""]
-        lines.append("| condition | " + " | ".join(SHORT_NAMES[c] for c in tissue) + " |")
-        lines.append("|---|" + "---:|" * len(tissue))
-        for name, rs in group(static).items():
-            cells = [_ms([_f(r["scores"]["dice"].get(str(c))) for r in rs]) for c in tissue]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        f = findings(static)
-        if f:
-            lines += ["", "## Findings (the paper's two, checked on this run)", ""] + [f"- {x}" for x in f]
+        lines += _paper_section(static)
+    if budget:
+        lines += budget_section(build_curves(budget))
     if loop:
-        lines += [
-            "## Active-learning loop (mean ± sd over seeds)",
-            "",
-            "| strategy | round | annotated slices | scans | tissue Dice | all-class Dice | tissue HD95 (mm) "
-            "| train time (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for _key, rs in group(loop).items():
-            lines.append(
-                f"| {rs[0]['strategy']} | {rs[0]['round']} | {_ms([r['n_slices'] for r in rs], 0)} | "
-                f"{_ms([r['n_volumes'] for r in rs], 1)} | {_ms([_f(r['scores']['tissue_dice']) for r in rs])} | "
-                f"{_ms([_f(r['scores']['mean_dice']) for r in rs])} | "
-                f"{_ms([_f(r['scores']['tissue_hd95']) for r in rs], 2)} | {_ms([r['train_seconds'] for r in rs], 0)} |"
-            )
+        lines += loop_section(build_curves(loop))
     lines.append("")
-    lines.append("Class names: " + ", ".join(f"{SHORT_NAMES[c]} = {L.class_names()[c]}" for c in tissue)
+    lines.append("Class names: " + ", ".join(f"{SHORT_NAMES[c]} = {L.class_names()[c]}" for c in L.TISSUE)
                  + ". Tissue = mean over these classes (backgrounds 0 and 4 excluded).")
     return "\n".join(lines) + "\n"
 
@@ -254,68 +259,102 @@ def _savefig(fig: Any, path: Path) -> Path:
 
 
 def figures(out: Path, results: Sequence[dict]) -> list[Path]:
-    """``dice_by_condition.png``, ``dice_per_class.png`` (static) and ``learning_curve.png`` (loop)."""
+    """``dice_by_condition.png``, ``dice_per_class.png`` (the paper's design), ``budget_curve.png`` and
+    ``budget_curve_per_class.png`` (budget curves), ``learning_curve.png`` and
+    ``learning_curve_per_class.png`` (loop)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    written: list[Path] = []
+    static = [r for r in results if r["mode"] == "static" and r["condition"].get("budget") is None]
+    if static:
+        written += _condition_figures(out, static)
+    budget = [r for r in results if r["mode"] == "static" and r["condition"].get("budget") is not None]
+    if budget:
+        written += curve_figures(out, build_curves(budget), "budget_curve", "budget (% of the pool's usable slices)")
+    loop = [r for r in results if r["mode"] == "loop"]
+    if loop:
+        written += curve_figures(out, build_curves(loop), "learning_curve", "annotated slices")
+    return written
+
+
+def _condition_figures(out: Path, static: Sequence[dict]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    static = [r for r in results if r["mode"] == "static"]
-    if static:
-        g = group(static)
-        names = list(g)
-        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
-        for i, name in enumerate(names):
-            vals = np.asarray([_f(r["scores"]["tissue_dice"]) for r in g[name]], dtype=float)
-            full = g[name][0]["condition"].get("full")
-            ax.bar(i, np.nanmean(vals), yerr=np.nanstd(vals, ddof=1) if vals.size > 1 else 0, capsize=4,
-                   color="#888888" if full else "#3a7bd5", alpha=0.85)
-            ax.scatter(np.full(vals.size, i), vals, color="k", s=12, zorder=3)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right")
-        ax.set_ylabel("tissue Dice (test scans; axis zoomed)")
-        ax.set_title("Tissue Dice by condition (mean ± sd over seeds; dots = seeds)")
-        vals_all = [_f(r["scores"]["tissue_dice"]) for r in static]
-        if not all(math.isnan(v) for v in vals_all):
-            lo, hi = np.nanmin(vals_all), np.nanmax(vals_all)
-            pad = max(0.02, 0.25 * (hi - lo))
-            ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))  # zoomed: differences between conditions matter
-        written.append(_savefig(fig, out / "dice_by_condition.png"))
-        plt.close(fig)
+    g = group(static)
+    names = list(g)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+    for i, name in enumerate(names):
+        vals = np.asarray([_f(r["scores"]["tissue_dice"]) for r in g[name]], dtype=float)
+        full = g[name][0]["condition"].get("full")
+        ax.bar(i, np.nanmean(vals), yerr=np.nanstd(vals, ddof=1) if vals.size > 1 else 0, capsize=4,
+               color="#888888" if full else "#3a7bd5", alpha=0.85)
+        ax.scatter(np.full(vals.size, i), vals, color="k", s=12, zorder=3)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("tissue Dice (test scans; axis zoomed)")
+    ax.set_title("Tissue Dice by condition (mean ± sd over seeds; dots = seeds)")
+    vals_all = [_f(r["scores"]["tissue_dice"]) for r in static]
+    if not all(math.isnan(v) for v in vals_all):
+        lo, hi = np.nanmin(vals_all), np.nanmax(vals_all)
+        pad = max(0.02, 0.25 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))  # zoomed: differences between conditions matter
+    written.append(_savefig(fig, out / "dice_by_condition.png"))
+    plt.close(fig)
 
-        tissue = list(L.TISSUE)
-        fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(tissue) * max(1, len(names)) / 3), 4))
-        width = 0.8 / max(1, len(names))
-        for j, name in enumerate(names):
-            means = [np.nanmean([_f(r["scores"]["dice"].get(str(c))) for r in g[name]]) for c in tissue]
-            ax.bar(np.arange(len(tissue)) + j * width - 0.4 + width / 2, means, width, label=name)
-        ax.set_xticks(range(len(tissue)))
-        ax.set_xticklabels([SHORT_NAMES[c] for c in tissue])
-        ax.set_ylabel("Dice (test scans)")
-        ax.set_title("Dice per class and condition (mean over seeds)")
-        ax.legend(fontsize=7, ncol=2)
-        written.append(_savefig(fig, out / "dice_per_class.png"))
-        plt.close(fig)
+    tissue = list(L.TISSUE)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(tissue) * max(1, len(names)) / 3), 4))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        means = [np.nanmean([_f(r["scores"]["dice"].get(str(c))) for r in g[name]]) for c in tissue]
+        ax.bar(np.arange(len(tissue)) + j * width - 0.4 + width / 2, means, width, label=name)
+    ax.set_xticks(range(len(tissue)))
+    ax.set_xticklabels([SHORT_NAMES[c] for c in tissue])
+    ax.set_ylabel("Dice (test scans)")
+    ax.set_title("Dice per class and condition (mean over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    written.append(_savefig(fig, out / "dice_per_class.png"))
+    plt.close(fig)
+    return written
 
-    loop = [r for r in results if r["mode"] == "loop"]
-    if loop:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        strategies = list(OrderedDict.fromkeys(r["strategy"] for r in loop))
-        for st in strategies:
-            rounds = sorted({r["round"] for r in loop if r["strategy"] == st})
-            xs, ys, es = [], [], []
-            for k in rounds:
-                rs = [r for r in loop if r["strategy"] == st and r["round"] == k]
-                vals = np.asarray([_f(r["scores"]["tissue_dice"]) for r in rs], dtype=float)
-                xs.append(np.mean([r["n_slices"] for r in rs]))
-                ys.append(np.nanmean(vals))
-                es.append(np.nanstd(vals, ddof=1) if vals.size > 1 else 0.0)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=st)
-        ax.set_xlabel("annotated slices")
-        ax.set_ylabel("tissue Dice (test scans)")
-        ax.set_title("Learning curve per strategy (mean ± sd over seeds)")
-        ax.legend()
-        written.append(_savefig(fig, out / "learning_curve.png"))
-        plt.close(fig)
+
+def curve_figures(out: Path, curves: Sequence[Curve], stem: str, x_label: str) -> list[Path]:
+    """Tissue Dice against budget per curve with its 95 % bootstrap CI band (``<stem>.png``), and the
+    mean Dice of every tissue class (``<stem>_per_class.png``)."""
+    import matplotlib.pyplot as plt
+
+    log_x = bool(curves) and curves[0].log_x
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for c in curves:
+        est = [c.estimate(x) for x in c.xs]
+        line = ax.plot(c.xs, [e.mean for e in est], marker="o", ms=4, label=c.name)[0]
+        band = [(x, e.lo, e.hi) for x, e in zip(c.xs, est, strict=True) if e.has_ci]
+        if band:
+            bx, lo, hi = zip(*band, strict=True)
+            ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("tissue Dice (held-out scans)")
+    ax.set_title("Tissue Dice against annotation budget (mean, 95% bootstrap CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    written = [_savefig(fig, out / f"{stem}.png")]
+    plt.close(fig)
+
+    tissue = list(L.TISSUE)
+    fig, axes = plt.subplots(2, (len(tissue) + 1) // 2, figsize=(13, 6), sharex=True, sharey=True)
+    for ax, k in zip(axes.ravel(), tissue, strict=False):
+        for c in curves:
+            ax.plot(c.xs, [np.nanmean(list(c.values(x, k).values())) for x in c.xs], marker=".", label=c.name)
+        ax.set_title(SHORT_NAMES[k])
+        ax.grid(alpha=0.3)
+        if log_x:
+            ax.set_xscale("log")
+    axes.ravel()[0].legend(fontsize=6)
+    fig.supxlabel(x_label)
+    fig.supylabel("Dice (mean over seeds)")
+    written.append(_savefig(fig, out / f"{stem}_per_class.png"))
+    plt.close(fig)
     return written

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from apps.simulation.backend import EvaluateFn, Scores, TrainFn, TrainJob, check_scores
 from apps.simulation.conditions import Condition, safe_name
 from apps.simulation.data import Oracle, Split
+from apps.simulation.executor import ModelExecutor, ModelTask
 from apps.simulation.plans import (
     baseline_assignments,
     baseline_volumes,
@@ -51,8 +53,11 @@ def plan_jobs(
     full_volumes: int,
     count_axis: str,
     count_margin: float,
+    scores: dict[str, Any] | None = None,
 ) -> tuple[list[StaticJob], dict[int, int]]:
-    """Plan every condition × seed before any training (the paper fixes the slices before training)."""
+    """Plan every condition × seed before any training (the paper fixes the slices before training).
+
+    ``scores``: the oracle's per-class slice counts per scan (``fgrandom`` seeds its picks on them)."""
     jobs: list[StaticJob] = []
     budgets: dict[int, int] = {}
     for seed in seeds:
@@ -64,7 +69,7 @@ def plan_jobs(
                 asg = baseline_assignments(base, count_axis, count_margin, seed)
                 jobs.append(StaticJob(cond, seed, total, asg, [e.id for e in base]))
             else:
-                asg = condition_assignments(cond, ordered, total, seed)
+                asg = condition_assignments(cond, ordered, total, seed, scores)
                 jobs.append(StaticJob(cond, seed, total, asg, []))
     return jobs, budgets
 
@@ -190,12 +195,18 @@ def run_static(
     progress: bool = True,
     on_result: Callable[[list[dict]], None] | None = None,
     log: Callable[[str], None] = print,
+    executor: ModelExecutor | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """Run (or load) every job; returns the results and the names of the jobs that were skipped on resume."""
+    """Run (or load) every job; returns the results and the names of the jobs that were skipped on resume.
+
+    With an ``executor`` the models still missing run as one job each (:mod:`apps.simulation.executor`);
+    without, one after another in this process."""
     from tqdm.auto import tqdm
 
     results: list[dict] = []
     skipped: list[str] = []
+    tasks: list[ModelTask] = []
+    slots: list[int] = []  # where each task's result goes in ``results`` (job order, as in this process)
     bar = tqdm(total=len(jobs), desc="conditions", unit="model", disable=not progress, position=0)
     try:
         for job in jobs:
@@ -208,6 +219,14 @@ def run_static(
                 skipped.append(label)
                 bar.set_postfix_str(f"{label}: done earlier")
                 bar.update(1)
+                continue
+            if executor is not None:  # a fresh oracle: the parent's cache of dense labels stays out of the job
+                slots.append(len(results))
+                results.append({})
+                tasks.append(ModelTask(label, path, partial(
+                    run_job, job, out=out, split=split, oracle=Oracle(split.pool), epochs=epochs,
+                    train_settings=train_settings, key=key, train_fn=train_fn, evaluate_fn=evaluate_fn,
+                    progress=False)))
                 continue
             bar.set_postfix_str(f"{label}: {job.n_slices} slices / {job.n_volumes} scans")
             res = run_job(
@@ -228,6 +247,19 @@ def run_static(
             bar.update(1)
             if on_result is not None:
                 on_result(results)
+        if tasks:
+            assert executor is not None
+
+            def done(i: int, res: dict) -> None:
+                results[slots[i]] = res
+                td = res["scores"]["tissue_dice"]
+                log(f"{tasks[i].label}: tissue Dice {td if td is None else round(td, 4)}, "
+                    f"train {res['train_seconds']:.0f} s")
+                bar.update(1)
+                if on_result is not None:
+                    on_result([r for r in results if r])
+
+            executor.run(tasks, done)
     finally:
         bar.close()
     return results, skipped

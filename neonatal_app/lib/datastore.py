@@ -28,6 +28,8 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
+from neonatal_app.lib.auth import acting_client
+from neonatal_app.lib.trash import move_to_trash
 from strategies.annotate.intake import SubmissionIntake
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.submission import ANONYMOUS, SubmissionRejected
@@ -66,6 +68,7 @@ class NeolabelDatastore(LocalDatastore):
         """Accepted uploads go through the annotation core's ``SubmissionIntake`` over this datastore."""
         self._local = threading.local()
         self._registry_lock = threading.Lock()
+        self._status: dict[str, Any] | None = None
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         super().__init__(
             str(studies),
@@ -74,6 +77,7 @@ class NeolabelDatastore(LocalDatastore):
             read_only=False,
         )
         self.intake = SubmissionIntake(studies, ledger, store=self)
+        self._db = ledger.db  # deletions are audited
 
     # -------------------------------------------------------------- atomic datastore JSON
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -105,7 +109,7 @@ class NeolabelDatastore(LocalDatastore):
         return np.asarray(load_volume(uri).data).astype(np.uint8)
 
     def store_label_array(self, image_id: str, data: np.ndarray, affine: np.ndarray, tag: str,
-                          info: dict[str, Any] | None = None) -> str:
+                          info: dict[str, Any] | None = None, durable: bool = True) -> str:
         """Write a label atomically (durable on return) and register it in memory (internal use: no checks).
 
         The datastore JSON is not rewritten: at 10,000 scans that costs ~0.25 s a save. MONAI Label
@@ -113,7 +117,7 @@ class NeolabelDatastore(LocalDatastore):
         neolabel needs to know about a label lives in the annotation database."""
         check_tag(tag)
         dest = self.label_path(image_id, tag)
-        save_volume(dest, np.asarray(data, dtype=np.uint8), affine, dtype=np.uint8)
+        save_volume(dest, np.asarray(data, dtype=np.uint8), affine, dtype=np.uint8, durable=durable)
         with self._registry_lock:
             obj = self._datastore.objects.get(image_id)
             if obj is None:
@@ -126,8 +130,32 @@ class NeolabelDatastore(LocalDatastore):
             label_info = dict(info or {})
             label_info["ts"] = int(time.time())
             label_info["name"] = dest.name
+            if old is None and self._status is not None:
+                tags = self._status["label_tags"]
+                tags[tag] = tags.get(tag, 0) + 1
+                self._status["completed"] += int(tag == FINAL)
             obj.labels[tag] = DataModel(info=label_info, ext=".nii.gz")
         return image_id
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        """In memory only: MONAI Label stamps the image at every next sample, and rewriting the datastore
+        JSON for that is O(scans) per request (what it records is not needed across restarts)."""
+        with self._registry_lock:
+            obj = self._datastore.objects.get(image_id)
+            if obj is not None:
+                obj.image.info.update(info)
+
+    def status(self) -> dict[str, Any]:
+        """Image and label counts for ``/info`` (MONAI Label asks at every next sample): counted once,
+        then kept up to date as labels are stored, instead of a pass over every scan per request."""
+        with self._registry_lock:
+            if self._status is None:
+                self._status = super().status()
+            return {**self._status, "label_tags": dict(self._status["label_tags"])}
+
+    def _refresh_status(self) -> None:
+        with self._registry_lock:
+            self._status = None
 
     def image_count(self) -> int:
         return len(self._datastore.objects)
@@ -153,7 +181,63 @@ class NeolabelDatastore(LocalDatastore):
                 raise SubmissionRejected(f"corrupt or non-NIfTI image: {msg}", 400) from None
         except SubmissionRejected as exc:
             raise http_error(exc.status, str(exc)) from None
-        return super().add_image(image_id, image_filename, image_info)
+        out = super().add_image(image_id, image_filename, image_info)
+        self._refresh_status()
+        return out
+
+    def remove_image(self, image_id: str) -> None:
+        """``DELETE /datastore/image`` (admin): the scan (a link stays a link), its labels and its kept uploads
+        move to the trash (``neonatal_app.lib.trash``); MONAI Label would unlink the tree's own file."""
+        obj = self._known(image_id)
+        paths = [Path(self._datastore.image_path()) / self._filename(image_id, obj.image.ext)]
+        paths += [self._label_file(image_id, tag) for tag in obj.labels]
+        paths += [self.intake.submissions_dir / image_id, self.intake.refused_dir / image_id]
+        self._trash(image_id, None, paths, "image.delete")
+        with self._registry_lock:
+            self._datastore.objects.pop(image_id, None)
+        self._update_datastore_file()
+        self._refresh_status()
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """``DELETE /datastore/label`` (admin): the label moves to the trash, for ``final`` with every raw
+        submission it was merged from, so nothing an annotator painted is lost."""
+        obj = self._known(label_id)
+        tag = self._checked(check_tag, label_tag)
+        if tag not in obj.labels:
+            raise http_error(404, f"image {label_id!r} has no {tag!r} label")
+        paths = [self._label_file(label_id, tag)]
+        if tag == FINAL:
+            paths.append(self.intake.submissions_dir / label_id)
+        self._trash(label_id, tag, paths, "label.delete")
+        with self._registry_lock:
+            obj.labels.pop(tag, None)
+        self._update_datastore_file()
+        self._refresh_status()
+
+    def _checked(self, check: Any, value: Any, *args: Any) -> Any:
+        try:
+            return check(value, *args)
+        except SubmissionRejected as exc:
+            raise http_error(exc.status, str(exc)) from None
+
+    def _known(self, image_id: str) -> Any:
+        self._checked(check_id, image_id, "image id")
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise http_error(404, f"unknown image {image_id!r}: it is not in this study set")
+        return obj
+
+    def _label_file(self, image_id: str, tag: str) -> Path:
+        """The label's path as stored (not resolved: a dHCP view's brain mask is a link into the tree)."""
+        ext = self._datastore.objects[image_id].labels[tag].ext
+        return Path(self._datastore.label_path(tag)) / self._filename(image_id, ext)
+
+    def _trash(self, image_id: str, tag: str | None, paths: list[Path], action: str) -> None:
+        actor = acting_client(None) or "anonymous"
+        name = image_id if tag is None else f"{image_id}-{tag}"
+        entry = move_to_trash(self._datastore_path, paths, name, {"image": image_id, "tag": tag}, actor, action,
+                              self._db)
+        log.warning("%s: %s %s moved to %s", actor, image_id, tag or "(image)", entry)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         try:
@@ -192,7 +276,8 @@ class NeolabelDatastore(LocalDatastore):
             raise SubmissionRejected(f"unsupported label file {name!r}: upload a NIfTI file (.nii or .nii.gz)", 415)
         shape, affine = read_header(image)
         vol = self._read_upload(label_filename, shape)
-        client_id = str(info.get("client_id") or info.get("user") or ANONYMOUS)
+        # logged in: the user is who submitted (the plugin's client id is only a device note); else the client id
+        client_id = acting_client(info.get("client_id") or info.get("user")) or ANONYMOUS
         label_id, summary = self.intake.accept(image_id, label_filename, tag, vol, shape, affine,
                                                info.get("label_info"), client_id)
         if summary:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 # Migration n brings the schema from version n-1 to n; never edit a released one, add the next.
@@ -104,6 +104,18 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    """,
+    # built-in users (strategies/annotate/users.py): argon2 hashes only; token_version grows at every password
+    # change or removal, and a token carries the version it was issued for, so old tokens stop working at once
+    2: """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'reviewer', 'annotator', 'user')),
+        password_hash TEXT NOT NULL,
+        token_version INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
     """,
 }
 

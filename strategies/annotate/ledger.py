@@ -22,7 +22,7 @@ from strategies.annotate.submission import ANONYMOUS, SubmissionRejected, Submis
 from strategies.plan.assignment import SliceAssignment
 from strategies.plan.budget import BudgetConfig, volume_assignments, volume_capacity
 from strategies.plan.extents import PlanEntry
-from strategies.plan.incremental import Lease
+from strategies.plan.incremental import Lease, without_annotated
 
 log = logging.getLogger(__name__)
 
@@ -359,15 +359,11 @@ class AnnotationLedger:
 
     @staticmethod
     def _trim_lease(con: sqlite3.Connection, lease: Lease, annotated: Mapping[str, list[int]]) -> None:
-        kept = []
-        for a in lease.assignments:
-            rest = [i for i in a.indices if i not in set(annotated.get(a.axis, ()))]
-            if rest:
-                kept.append(replace(a, indices=rest))
-        if not kept:
+        kept = without_annotated(lease, annotated)
+        if kept is None:
             con.execute("DELETE FROM leases WHERE image = ? AND client_id = ?", (lease.image, lease.client_id))
             return
         con.execute(
             "UPDATE leases SET assignments = ?, n_slices = ? WHERE image = ? AND client_id = ?",
-            (json.dumps([a.to_json() for a in kept]), sum(a.n_slices for a in kept), lease.image, lease.client_id),
+            (json.dumps([a.to_json() for a in kept.assignments]), kept.n_slices, lease.image, lease.client_id),
         )

@@ -38,7 +38,7 @@ class ImageStore(Protocol):
     def get_label_uri(self, image_id: str, tag: str) -> str: ...
 
     def store_label_array(self, image_id: str, data: np.ndarray, affine: np.ndarray, tag: str,
-                          info: dict[str, Any] | None = None) -> str: ...
+                          info: dict[str, Any] | None = None, durable: bool = True) -> str: ...
 
 
 class AnnotationService:
@@ -78,6 +78,13 @@ class AnnotationService:
     def sync(self) -> int:
         """New scans into the catalog (only they are read); the number added."""
         return self.catalog.sync(self.images.list_images(), self.images.get_image_uri)
+
+    def prepare(self) -> int:
+        """At start: planner data of new scans and the plan of the configured budget, so that the
+        first Next Sample does not pay for them; the number of new scans."""
+        added = self.sync()
+        self.catalog.ensure_plan(budget_config(self.ledger.settings()))
+        return added
 
     def entries(self) -> list[PlanEntry]:
         """Every planned scan's entry (brain-mask label, else the newest model's label, else the head)."""
@@ -148,5 +155,6 @@ class AnnotationService:
             image_id, out, affine, ORIGINAL,
             {"assignment": [x.to_json() for x in assignments], "kind": kind,
              "params": {"label_names": original_label_names(kind)}},
+            durable=False,  # the server can write it again; no annotator's work is in it
         )
         return kind

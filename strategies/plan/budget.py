@@ -9,7 +9,7 @@ of its three axes, split evenly over the three axes (same slice count per volume
 single-axis plan, so conditions use comparable numbers of scans).
 
 Scans are taken in a seeded, age-stratified order (:func:`strategies.plan.selection.scan_order`)
-— or by uncertainty when ``selection="uncertainty"`` — and each receives its quota until the
+— or by uncertainty for the scored selections (``uncertainty``, ``claspe``) — and each receives its quota until the
 budget is spent exactly; the last scan may receive fewer. If the scans run out first, the plan
 carries a :class:`Shortfall` that says how many slices are missing and why.
 """
@@ -27,8 +27,10 @@ from strategies.plan.axes import AXES
 from strategies.plan.extents import PlanEntry, check_margin
 from strategies.plan.selection import (
     AXIS_MODES,
+    SCORED_SELECTIONS,
     SELECTIONS,
     choose_slices,
+    class_slices_for,
     entry_rng,
     scan_order,
     scores_to_canonical,
@@ -233,6 +235,7 @@ def volume_assignments(
             annotated=ann_can[ax],
             scores=scores_to_canonical(entry, ax, scores),
             min_spacing=cfg.min_spacing,
+            classes=class_slices_for(entry, ax, scores),
         )
         frame = entry.frames[ax]
         out.append(
@@ -306,7 +309,7 @@ def ordered_entries(
     by_id = {e.id: e for e in entries}
     ages = [e.scan_age if cfg.stratify_by_age else None for e in entries]
     order = [by_id[i] for i in scan_order([e.id for e in entries], ages, cfg.seed)]
-    if cfg.selection != "uncertainty" or not scores:
+    if cfg.selection not in SCORED_SELECTIONS or not scores:
         return order
     rank = {e.id: r for r, e in enumerate(order)}
 
@@ -321,15 +324,18 @@ def ordered_entries(
 def plan_budget(entries: Sequence[PlanEntry], cfg: BudgetConfig, scores: Scores | None = None) -> Plan:
     """Spend ``cfg.total_slices`` over ``entries`` (metadata only; pure and seeded).
 
-    ``scores`` (``{image: {axis: per-slice scores in voxel order}}``) are needed for
-    ``selection="uncertainty"``: scans are then taken by the uncertainty they hold (scans
-    without scores last, in the stratified order, with equidistant slices).
+    ``scores`` (``{image: {axis: per-slice scores in voxel order}}``, as ``uncertainty.slice_scores``
+    makes them) are needed for the scored selections (``uncertainty``, ``claspe``): scans are then
+    taken by the uncertainty they hold (scans without scores last, in the stratified order, with
+    equidistant slices). ``fgrandom`` uses the per-class voxel counts in them when given.
     """
     if not isinstance(cfg, BudgetConfig):
         raise BudgetError(f"cfg must be a BudgetConfig, got {type(cfg).__name__}")
     check_entries(entries)
-    if cfg.selection == "uncertainty" and not scores:
-        raise BudgetError("selection 'uncertainty' needs per-slice scores (strategies.plan.uncertainty.slice_scores)")
+    if cfg.selection in SCORED_SELECTIONS and not scores:
+        raise BudgetError(
+            f"selection {cfg.selection!r} needs per-slice scores (strategies.plan.uncertainty.slice_scores)"
+        )
     skipped: list[tuple[str, str]] = []
     usable_entries = []
     capacities = {e.id: volume_capacity(e, cfg) for e in entries}

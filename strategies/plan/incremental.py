@@ -12,8 +12,8 @@ instead of changing its input. Rules:
 * scans are visited in the planner's order (fewest visits first, then the age-stratified
   seeded order), so a fresh state hands out the same scans and slices as ``plan_budget``; once
   every scan has been visited, scans are returned to for more slices (``round`` = the image's
-  number of earlier visits). With ``selection="uncertainty"`` and scores, the scan with the most
-  uncertainty left comes first, whatever its visits.
+  number of earlier visits). With a scored selection (``uncertainty``, ``claspe``) and scores, the
+  scan with the most uncertainty left comes first, whatever its visits.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from strategies.plan.budget import (
     volume_capacity,
 )
 from strategies.plan.extents import PlanEntry
+from strategies.plan.selection import SCORED_SELECTIONS
 
 
 class StateError(ValueError):
@@ -232,9 +233,10 @@ def next_assignment(
         why = "all remaining scans are leased" if leased else "no scan has un-annotated usable slices left"
         return NextAssignment([], st, why)
     # the planner's order over every scan (not only the ones left), so a scan keeps its place
-    order = ordered_entries(entries, cfg, scores if cfg.selection == "uncertainty" else None, st.annotated)
+    scored = cfg.selection in SCORED_SELECTIONS
+    order = ordered_entries(entries, cfg, scores if scored else None, st.annotated)
     order = [e for e in order if e.id in candidates]
-    if not (cfg.selection == "uncertainty" and scores):
+    if not (scored and scores):
         rank = {e.id: r for r, e in enumerate(order)}
         order = sorted(order, key=lambda e: (st.visits.get(e.id, 0), rank[e.id]))
     entry = order[0]
@@ -283,12 +285,12 @@ def record_submission(
     st.visits[image] = st.visits.get(image, 0) + 1
     st.leases = [lease for lease in st.leases if not _matches(lease, image, client_id)]
     if client_id is not None:
-        trimmed = (_without_annotated(lease, per_axis) if lease.image == image else lease for lease in st.leases)
+        trimmed = (without_annotated(lease, per_axis) if lease.image == image else lease for lease in st.leases)
         st.leases = [lease for lease in trimmed if lease is not None]
     return st
 
 
-def _without_annotated(lease: Lease, annotated: Mapping[str, Sequence[int]]) -> Lease | None:
+def without_annotated(lease: Lease, annotated: Mapping[str, Sequence[int]]) -> Lease | None:
     """``lease`` minus the slices in ``annotated`` (axis name → indices); None when nothing is left."""
     kept = []
     for a in lease.assignments:

@@ -10,15 +10,34 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from strategies.plan.axes import AXES
 from strategies.plan.extents import PlanEntry
-from strategies.plan.uncertainty import rank_slices
+from strategies.plan.uncertainty import CLASS_ENTROPY, CLASS_VOXELS, MODEL_ROUND, class_key, rank_slices
+from training.data.labels import BRAIN
 
-SELECTIONS: tuple[str, ...] = ("equidistant", "random", "uncertainty")
+SELECTIONS: tuple[str, ...] = ("equidistant", "random", "fgrandom", "uncertainty", "claspe")
+"""How slices are chosen within a scan (see :func:`choose_slices`)."""
+SCORED_SELECTIONS: tuple[str, ...] = ("uncertainty", "claspe")
+"""Selections that rank by a model's predictive entropy: they need per-slice scores, and scans are
+then visited by the uncertainty they hold."""
+CLASS_SELECTIONS: tuple[str, ...] = ("fgrandom", "claspe")
+"""Selections that use per-class slice statistics (``class_voxels``/``class_entropy``) when given."""
 AXIS_MODES: tuple[str, ...] = (*AXES, "random", "mixed")
+
+FG_SHARE = 0.33
+"""Foreground-aware random: share of picks seeded on a class's foreground (nnActive's baseline and
+nnU-Net's foreground oversampling use a third); the rest are uniform over the brain slices."""
+CLASPE_BETA_START = 1.0
+"""ClaSP-PE-like power noising: β of the first model (sampling ∝ entropy, the most diverse)."""
+CLASPE_BETA_STEP = 1.0
+"""β grows by this much per model generation: the noise decays, later rounds exploit."""
+CLASPE_BETA_MAX = 8.0
+"""β stops growing here (≈ top-k with a little noise)."""
+_TINY = 1e-12
 
 
 def entry_rng(seed: int, image_id: str, purpose: str, visit: int = 0) -> np.random.Generator:
@@ -97,6 +116,157 @@ def farthest_points(candidates: np.ndarray, k: int, taken: np.ndarray) -> np.nda
     return np.asarray(sorted(chosen), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class ClassSlices:
+    """Per-class statistics of one axis' slices, canonical order, shape ``(n_classes, n_slices)``.
+
+    ``voxels``: voxels of each class per slice (predicted, or the oracle's label in simulation);
+    ``entropy``: their predictive-entropy mass; ``model_round``: generation of the model that made
+    them (sets claspe's β)."""
+
+    voxels: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    model_round: int = 0
+
+
+def class_slices_for(entry: PlanEntry, axis: str, scores: Mapping[str, np.ndarray] | None) -> ClassSlices | None:
+    """The per-class statistics of ``axis`` in a scores dict (voxel order) → canonical order; None if absent."""
+    if not scores:
+        return None
+    frame = entry.frames[axis]
+    arrays: dict[str, np.ndarray | None] = {}
+    for what in (CLASS_VOXELS, CLASS_ENTROPY):
+        a = scores.get(class_key(axis, what))
+        if a is not None:
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim != 2 or a.shape[1] != frame.size:
+                raise ValueError(f"{entry.id}: {axis} {what} has shape {a.shape}, expected (classes, {frame.size})")
+            a = a[:, ::-1].copy() if frame.flipped else a
+        arrays[what] = a
+    if arrays[CLASS_VOXELS] is None and arrays[CLASS_ENTROPY] is None:
+        return None
+    model_round = int(np.asarray(scores.get(MODEL_ROUND, 0)))
+    return ClassSlices(arrays[CLASS_VOXELS], arrays[CLASS_ENTROPY], model_round)
+
+
+def claspe_beta(model_round: int) -> float:
+    """β of the power noise for scores made by model generation ``model_round`` (grows, so noise decays)."""
+    return float(min(CLASPE_BETA_MAX, CLASPE_BETA_START + CLASPE_BETA_STEP * max(0, int(model_round))))
+
+
+def _present_classes(voxels: np.ndarray | None, cand: np.ndarray, classes: Sequence[int]) -> list[int]:
+    if voxels is None:
+        return []
+    return [int(c) for c in classes if c < voxels.shape[0] and np.any(voxels[c, cand] > 0)]
+
+
+def fg_random_slices(
+    cand: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    voxels: np.ndarray | None,
+    *,
+    share: float = FG_SHARE,
+    classes: Sequence[int] = BRAIN,
+) -> np.ndarray:
+    """Foreground-aware random (nnActive's baseline, for slices): ``share`` of the ``k`` picks are
+    seeded on a class (a class drawn uniformly among the brain classes present, then a slice
+    uniformly among the candidates showing it), the rest uniform over ``cand`` (brain slices).
+
+    A fractional foreground count is rounded at random, so one slice per scan is foreground-seeded
+    with probability ``share``. Without ``voxels`` every pick is uniform."""
+    n_fg = int(np.floor(share * k))
+    n_fg += int(rng.random() < share * k - n_fg)
+    free = np.ones(cand.size, dtype=bool)
+    for _ in range(n_fg):
+        present = _present_classes(voxels, cand[free], classes)
+        if not present:
+            break
+        c = present[int(rng.integers(len(present)))]
+        opts = np.flatnonzero(free & (voxels[c, cand] > 0))  # type: ignore[index]
+        free[opts[int(rng.integers(opts.size))]] = False
+    rest = k - int((~free).sum())
+    if rest > 0:
+        free[rng.choice(np.flatnonzero(free), size=rest, replace=False)] = False
+    return np.sort(cand[~free]).astype(np.int64)
+
+
+def _power_keys(values: np.ndarray, beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Gumbel-top-k keys: the order of ``β·log(v) + Gumbel`` samples without replacement ∝ ``v^β``."""
+    return beta * np.log(np.maximum(values, _TINY)) + rng.gumbel(size=values.shape)
+
+
+class _Picker:
+    """Greedy picks by key among free candidates, keeping ``min_spacing`` between picks while ``spaced``."""
+
+    def __init__(self, cand: np.ndarray, min_spacing: int) -> None:
+        self.cand = cand
+        self.free = np.ones(cand.size, dtype=bool)
+        self.blocked = np.zeros(cand.size, dtype=bool)
+        self.min_spacing = int(min_spacing)
+
+    @property
+    def n(self) -> int:
+        return int((~self.free).sum())
+
+    def pick(self, keys: np.ndarray, spaced: bool) -> bool:
+        ok = np.isfinite(keys) & self.free & (~self.blocked if spaced else True)
+        if not ok.any():
+            return False
+        j = int(np.argmax(np.where(ok, keys, -np.inf)))
+        self.free[j] = False
+        self.blocked |= np.abs(self.cand - self.cand[j]) < self.min_spacing
+        return True
+
+    def chosen(self) -> np.ndarray:
+        return np.sort(self.cand[~self.free]).astype(np.int64)
+
+
+def claspe_slices(
+    cand: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    scores: np.ndarray | None,
+    classes: ClassSlices | None,
+    *,
+    min_spacing: int = 1,
+    brain_classes: Sequence[int] = BRAIN,
+) -> np.ndarray:
+    """ClaSP-PE-like choice (class-stratified, scheduled power-noised predictive entropy; after the
+    description in Lüth et al. 2026, not their code), for the slices of one scan and axis.
+
+    Classes take turns in a seeded random order (each brain class the model predicts in a candidate
+    slice); on its turn a class takes the slice with the best power-noised key ``β·log(entropy mass
+    of the class in the slice) + Gumbel`` among the slices showing it, so picks are drawn ∝ mass^β
+    and every class gets a pick before any gets a second (the first pick of a class ignores
+    ``min_spacing`` if it must; later ones keep it while they can). ``β = claspe_beta(model_round)``
+    grows with the model's generation: diverse early, greedy late. When no class has a slice left,
+    the rest go by power-noised mean slice entropy (``scores``)."""
+    beta = claspe_beta(classes.model_round if classes is not None else 0)
+    voxels = classes.voxels if classes is not None else None
+    mass = classes.entropy if classes is not None else None
+    shown_by = voxels if voxels is not None else mass
+    present = _present_classes(shown_by, cand, brain_classes)
+    slice_vals = np.asarray(scores, dtype=np.float64)[cand] if scores is not None else np.ones(cand.size)
+    rows = []
+    for i in rng.permutation(len(present)):
+        c = present[int(i)]
+        vals = mass[c, cand] if mass is not None else slice_vals
+        rows.append(np.where(shown_by[c, cand] > 0, _power_keys(vals, beta, rng), -np.inf))  # type: ignore[index]
+    fill = _power_keys(slice_vals, beta, rng)
+    picker = _Picker(cand, min_spacing)
+    for row in rows:  # coverage first: one pick per class, closer than min_spacing if it must be
+        if picker.n < k and not picker.pick(row, True):
+            picker.pick(row, False)
+    for spaced in (True, False):
+        active = list(range(len(rows)))
+        while active and picker.n < k:  # further rounds of one pick per class
+            active = [r for r in active if picker.n < k and picker.pick(rows[r], spaced)]
+        while picker.n < k and picker.pick(fill, spaced):
+            pass
+    return picker.chosen()
+
+
 def choose_slices(
     usable: np.ndarray,
     k: int,
@@ -106,13 +276,16 @@ def choose_slices(
     annotated: Iterable[int] = (),
     scores: np.ndarray | None = None,
     min_spacing: int = 1,
+    classes: ClassSlices | None = None,
 ) -> np.ndarray:
     """Pick ``k`` canonical slice indices of one axis among ``usable``, never one in ``annotated``.
 
     ``equidistant``: evenly spaced over the usable range on a first visit; on later visits each
     new slice is the one farthest from every slice already annotated. ``random``: uniform without
-    replacement. ``uncertainty``: highest ``scores`` (canonical order) with ``min_spacing``; without
-    scores it falls back to equidistant (a cold start before any model exists).
+    replacement. ``fgrandom``: foreground-aware random (:func:`fg_random_slices`; uniform without
+    ``classes``). ``uncertainty``: highest ``scores`` (canonical order) with ``min_spacing``.
+    ``claspe``: class-stratified power-noised entropy (:func:`claspe_slices`). Without scores the two
+    scored selections fall back to equidistant (a cold start before any model exists).
     """
     ann = np.asarray(sorted({int(i) for i in annotated}), dtype=np.int64)
     cand = np.setdiff1d(np.asarray(usable, dtype=np.int64), ann)
@@ -121,9 +294,13 @@ def choose_slices(
         return np.asarray([], dtype=np.int64)
     if selection == "random":
         return np.sort(rng.choice(cand, size=k, replace=False)).astype(np.int64)
+    if selection == "fgrandom":
+        return fg_random_slices(cand, k, rng, classes.voxels if classes is not None else None)
     if selection == "uncertainty" and scores is not None:
         picked = rank_slices(scores, k, min_spacing=min_spacing, candidates=cand)
         return np.asarray(sorted(picked), dtype=np.int64)
+    if selection == "claspe" and (scores is not None or (classes is not None and classes.entropy is not None)):
+        return claspe_slices(cand, k, rng, scores, classes, min_spacing=min_spacing)
     if ann.size == 0:
         return equidistant(cand, k)
     return farthest_points(cand, k, ann)

@@ -4,7 +4,9 @@ Takes probability arrays ``(C, X, Y, Z)`` (softmax output in the image's own gri
 model: strategies know nothing of torch. The score of a slice is the mean voxel-wise predictive
 entropy over the brain voxels of that slice (a mask argument), so a large, easy background does
 not dilute it and slices without brain score nothing. Chosen slices keep a minimum spacing for
-diversity (neighbouring slices are nearly redundant for annotation).
+diversity (neighbouring slices are nearly redundant for annotation). Per class and slice it also
+counts the predicted voxels and their entropy mass, so a class-stratified selection can give every
+structure picks (a small one like the hippocampus is otherwise outvoted by the large tissues).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from collections.abc import Iterable
 import numpy as np
 
 from strategies.plan.axes import AXES, axis_frames
+
+CLASS_ENTROPY = "class_entropy"
+"""Per-class entropy mass per slice (suffix of a scores key, see :func:`class_key`)."""
+CLASS_VOXELS = "class_voxels"
+"""Per-class voxel count per slice (suffix of a scores key, see :func:`class_key`)."""
+MODEL_ROUND = "model_round"
+"""Scores key: generation of the model whose probabilities gave the scores (0 = first model)."""
 
 
 class UncertaintyError(ValueError):
@@ -78,15 +87,87 @@ def slice_entropy(
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def slice_scores(probs: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """``{axis name: per-slice mean entropy in voxel order}`` for all three anatomical axes.
+def class_key(axis: str, what: str) -> str:
+    """Key of a per-class statistic of ``axis`` in a scores dict (``what``: CLASS_ENTROPY or CLASS_VOXELS)."""
+    return f"{axis}_{what}"
 
-    This is the ``scores`` form that :func:`strategies.plan.budget.plan_budget` and
-    :func:`strategies.plan.incremental.next_assignment` take for ``selection="uncertainty"``.
+
+def class_slice_sums(
+    label: np.ndarray,
+    voxel_axis: int,
+    n_classes: int,
+    *,
+    weights: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(n_classes, n_slices)``: per class and slice along ``voxel_axis``, the voxel count of that class
+    (``weights`` None) or the sum of ``weights`` over those voxels. Only ``mask`` voxels count; values
+    outside ``0 … n_classes - 1`` (e.g. the ignore value) never count.
+
+    One ``bincount`` per slice keeps memory at one slice's size on dHCP-sized volumes."""
+    lab = np.asarray(label)
+    if lab.ndim != 3:
+        raise UncertaintyError(f"label must be 3D, got shape {lab.shape}")
+    keep = (lab >= 0) & (lab < n_classes)
+    if mask is not None:
+        m = np.asarray(mask) != 0
+        if m.shape != lab.shape:
+            raise UncertaintyError(f"mask shape {m.shape} does not match the label {lab.shape}")
+        keep &= m
+    if weights is not None and np.shape(weights) != lab.shape:
+        raise UncertaintyError(f"weights shape {np.shape(weights)} does not match the label {lab.shape}")
+    n = lab.shape[voxel_axis]
+    lab_s = np.moveaxis(lab, voxel_axis, 0).reshape(n, -1)
+    keep_s = np.moveaxis(keep, voxel_axis, 0).reshape(n, -1)
+    w_s = None if weights is None else np.moveaxis(np.asarray(weights, dtype=np.float64), voxel_axis, 0).reshape(n, -1)
+    out = np.zeros((n_classes, n), dtype=np.float64)
+    for i in range(n):
+        k = keep_s[i]
+        if k.any():
+            w = None if w_s is None else w_s[i][k]
+            out[:, i] = np.bincount(lab_s[i][k].astype(np.int64), weights=w, minlength=n_classes)[:n_classes]
+    return out
+
+
+def class_counts(label: np.ndarray, affine: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """``{"<axis>_class_voxels": (n_classes, n_slices)}`` from a label map (voxel order).
+
+    What foreground-aware random needs to seed picks on a class: in the simulation the oracle's
+    dense label (nnActive's definition uses the ground-truth foreground), in the server the model's
+    predicted label (:func:`slice_scores` includes it)."""
+    frames = axis_frames(affine, np.shape(label))
+    return {
+        class_key(name, CLASS_VOXELS): class_slice_sums(label, frames[name].voxel_axis, n_classes) for name in AXES
+    }
+
+
+def slice_scores(
+    probs: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = None, *, model_round: int | None = None
+) -> dict[str, np.ndarray]:
+    """Per-slice scores of one scan for all three anatomical axes, every array in voxel order.
+
+    ``{axis: mean entropy per slice}`` is what ``selection="uncertainty"`` ranks. Per axis it also
+    holds ``class_key(axis, CLASS_ENTROPY)`` (entropy mass of the voxels predicted as each class,
+    per slice) and ``class_key(axis, CLASS_VOXELS)`` (their count), shape ``(C, n_slices)``, both over
+    ``mask`` voxels: class-stratified selection (``claspe``) and foreground-aware random
+    (``fgrandom``) use them. ``model_round`` (the generation of the model that made ``probs``: 0 for
+    the first model) sets claspe's noise schedule and is stored under :data:`MODEL_ROUND`.
+    This is the ``scores`` form :func:`strategies.plan.budget.plan_budget` and
+    :func:`strategies.plan.incremental.next_assignment` take.
     """
-    e = voxel_entropy(probs)
+    p = _check_probs(probs)
+    e = voxel_entropy(p)
+    label = np.argmax(p, axis=0)
     frames = axis_frames(affine, e.shape)
-    return {name: slice_entropy(entropy=e, voxel_axis=frames[name].voxel_axis, mask=mask) for name in AXES}
+    out: dict[str, np.ndarray] = {}
+    for name in AXES:
+        va = frames[name].voxel_axis
+        out[name] = slice_entropy(entropy=e, voxel_axis=va, mask=mask)
+        out[class_key(name, CLASS_ENTROPY)] = class_slice_sums(label, va, p.shape[0], weights=e, mask=mask)
+        out[class_key(name, CLASS_VOXELS)] = class_slice_sums(label, va, p.shape[0], mask=mask)
+    if model_round is not None:
+        out[MODEL_ROUND] = np.asarray(int(model_round))
+    return out
 
 
 def rank_slices(
@@ -138,8 +219,6 @@ def rank_slices(
             chosen.append(int(c))
             taken.add(int(c))
     return chosen
-
-
 
 
 def remaining_uncertainty(

@@ -222,10 +222,11 @@ def test_resume_skips_finished_conditions(tmp_path, sim_root):
 
 def test_loop_mode_grows_by_the_round_budget(tmp_path, sim_root):
     fake = FakeBackend()
-    cfg = _cfg(tmp_path / "out", sim_root, seeds=1, rounds=2, seed_slices=6, round_slices=5)
+    strategies = {"uncertainty", "random", "equidistant"}
+    cfg = _cfg(tmp_path / "out", sim_root, seeds=1, rounds=2, seed_slices=6, round_slices=5,
+               strategies=tuple(sorted(strategies)))
     summary = _run(cfg, fake)
     loop = summary.results
-    strategies = {"uncertainty", "random", "equidistant"}
     assert {r["strategy"] for r in loop} == strategies
     for st in strategies:
         rs = sorted((r for r in loop if r["strategy"] == st), key=lambda r: r["round"])

@@ -87,3 +87,34 @@ def test_real_tiny_loop_with_uncertainty(tmp_path):
     assert all(0.0 <= r["scores"]["tissue_dice"] <= 1.0 for r in rs)
     assert (out / "learning_curve.png").is_file()
     assert (out / "plans" / "loop_states.json").is_file()
+
+
+def test_cli_budget_curves_and_a_claspe_loop_with_real_training(tmp_path):
+    """The documented commands: budget curves write a row per budget and seed and CIs; the loop with the
+    new selections writes a learning curve (real tiny model, probabilities and scores)."""
+    import typer
+
+    from apps.commands.simulate import simulate
+
+    app = typer.Typer()
+    app.command()(simulate)
+    out = tmp_path / "curves"
+    tiny = ["--iterations", "2", "--test-scans", "2", "--synth-subjects", "6", "--synth-shape", "32,40,40",
+            "--synth-spacing", "3.4", "--threads", "1", "--quiet"]
+    res = CliRunner().invoke(app, ["--out", str(out), "--budgets", "2,10,100", "--epochs", "1", "--seeds", "2",
+                                   "--axis", "axial", *tiny])
+    assert res.exit_code == 0, res.output
+    with open(out / "results.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["class"] == "tissue"]
+    assert {(r["budget"], r["seed"]) for r in rows} == {(b, s) for b in ("2", "10", "100") for s in ("0", "1")}
+    md = (out / "results.md").read_text()
+    assert "95% CI" in md and "AUBC" in md and "of full" in md
+    loop = tmp_path / "loop"
+    res = CliRunner().invoke(app, ["--out", str(loop), "--rounds", "2", "--strategy", "claspe,fgrandom",
+                                   "--epochs", "1", "--seeds", "1", "--seed-slices", "4", "--round-slices", "3",
+                                   *tiny])
+    assert res.exit_code == 0, res.output
+    assert (loop / "learning_curve.png").stat().st_size > 1000
+    states = json.loads((loop / "plans" / "loop_states.json").read_text())
+    claspe = [a for k, st in states.items() if k.startswith("claspe") for a in st["annotated"]]
+    assert claspe and "claspe − fgrandom" in (loop / "results.md").read_text()

@@ -7,6 +7,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +139,47 @@ def _inprocess_server(studies: Path, conf: dict[str, str] | None = None):
             thread.join(timeout=10)
 
 
+def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"server did not answer {url} within {timeout} s")
+
+
+@contextlib.contextmanager
+def _serve_process(studies: Path, conf: dict[str, str], workdir: Path, port: int | None = None):
+    """``neolabel serve`` as a real subprocess on loopback (yields url, process); stopped afterwards."""
+    port = port or _free_port()
+    # no PYTHONPATH: the installed `neolabel serve` must start MONAI Label's train subprocess without one
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **_SERVER_ENV, "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "apps.commands.serve", "--studies", str(studies), "--port", str(port)]
+    for k, v in conf.items():
+        cmd += ["--conf", k, str(v)]
+    log = workdir / f"server-{port}-{time.monotonic_ns()}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/info/", proc, log)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        text = log.read_text()
+        if "Traceback" in text:
+            print(text[-5000:])
+
+
 def _make_model(path) -> None:
     """A random-weight tiny checkpoint: enough to exercise the model plumbing (not its quality)."""
     import torch
@@ -198,3 +243,8 @@ def inprocess_server():
 @pytest.fixture()
 def make_model():
     return _make_model
+
+
+@pytest.fixture()
+def serve_process():
+    return _serve_process

@@ -360,3 +360,33 @@ def test_painting_off_the_assigned_slices_is_refused_but_kept(inprocess_app, ora
         assert np.array_equal(load_volume(kept[1]).data, off)
         after = {k: v for k, v in snapshot(studies).items() if not k.startswith(".neolabel/refused/")}
         assert after == before
+
+
+def test_hostile_uploads_are_refused_cheaply_and_change_nothing(inprocess_app, snapshot, studies, tmp_path):
+    """A 1 kB header claiming 2000³ voxels is refused from its header (< 1 s); an oversized upload is
+    refused unread (413); an unknown strategy is a 404 that lists the strategies."""
+    import time
+
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((2000, 2000, 2000))
+    hdr.set_data_dtype(np.uint8)
+    bomb = gzip.compress(hdr.binaryblock + b"\0" * 4 + b"\1" * 512)
+    assert len(bomb) < 1024
+    with inprocess_app(studies, {"max_upload_mb": "0.05"}) as (client, _app):
+        image_id = client.post("/activelearning/budget", json={"client_id": "alice"}).json()["id"]
+        before = snapshot(studies)
+        t0 = time.perf_counter()
+        r = _put(client, image_id, bomb)
+        assert time.perf_counter() - t0 < 1.0
+        assert r.status_code == 400 and "shape" in r.json()["detail"], r.text
+        big = np.random.default_rng(0).integers(0, 10, size=(64, 64, 64)).astype(np.uint8)
+        p = tmp_path / "big.nii.gz"
+        save_volume(p, big, np.eye(4), np.uint8)
+        r = _put(client, image_id, p)
+        assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"], r.text
+        r = client.post("/activelearning/nope", json={"client_id": "alice"})
+        assert r.status_code == 404, r.text
+        assert "budget" in r.json()["detail"] and "uncertainty" in r.json()["detail"]
+        assert snapshot(studies) == before

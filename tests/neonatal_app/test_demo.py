@@ -26,11 +26,13 @@ def test_demo_is_generated_once_bootstrapped_and_served(inprocess_app, tmp_path)
     assert len(list((studies / "labels" / "brain_mask").glob("*.nii.gz"))) == 2
 
     mp = model_path(studies)
-    info = bootstrap_model(demo, mp, preset="tiny", minutes=0, min_iterations=2, iterations_per_epoch=2,
-                           say=lines.append)
+    info = bootstrap_model(demo, mp, preset="tiny", iterations=2, iterations_per_epoch=2, say=lines.append,
+                           progress=False)
     assert mp.is_file() and info["iterations"] == 2
     text = "\n".join(lines)
     assert "held-out Dice" in text and "tissue mean" in text
+    # two iterations learn nothing: the weak classes are named in a warning
+    assert info["weak_classes"] and "warning: held-out Dice below 0.5" in text
     assert 0.0 <= info["held_out_tissue_dice"] <= 1.0
     assert json.loads((demo.root / "bootstrap.json").read_text())["model"] == str(mp)
 

@@ -9,11 +9,7 @@ without losing round one.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,46 +18,12 @@ from training.data.labels import IGNORE
 from training.data.nifti import load_volume, save_volume
 
 
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"server did not answer {url} within {timeout} s")
-
-
 @pytest.fixture()
-def server(server_env, free_port, served_copy, synth_root, tmp_path):
+def server(serve_process, served_copy, synth_root, tmp_path):
     studies = served_copy(synth_root, tmp_path)
-    port = free_port()
-    # no PYTHONPATH: the installed `neolabel serve` must start MONAI Label's train subprocess without one
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **server_env, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "apps.commands.serve", "--studies", str(studies), "--port", str(port),
-           "--conf", "preset", "tiny", "--conf", "budget_total_slices", "200", "--conf", "budget_dispersion", "0.2",
-           "--conf", "epochs", "1"]
-    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 - closed in the fixture's finally
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    proc.stdout = log  # type: ignore[assignment]
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/info/", proc)
-        yield f"http://127.0.0.1:{port}", studies, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.seek(0)
-        text = log.read()
-        if "Traceback" in text:
-            print(text[-5000:])
-        log.close()
+    conf = {"preset": "tiny", "budget_total_slices": "200", "budget_dispersion": "0.2", "epochs": "1"}
+    with serve_process(studies, conf, tmp_path) as (url, proc):
+        yield url, studies, proc
 
 
 def _submit(painted, client, image_id, slices, ref, tmp_path, name):

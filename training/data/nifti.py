@@ -76,8 +76,9 @@ def save_volume(
     data: np.ndarray,
     affine: np.ndarray,
     dtype: np.dtype | type | None = None,
+    durable: bool = True,
 ) -> Path:
-    """Write ``data`` atomically (temp file in the same folder + ``os.replace``)."""
+    """Write ``data`` atomically (temp file in the same folder + ``os.replace``; see :func:`atomic_write`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(data if dtype is None else np.asarray(data).astype(dtype))
@@ -87,16 +88,18 @@ def save_volume(
     if arr.dtype == np.uint8:
         img.header.set_data_dtype(np.uint8)
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix
-    atomic_write(p, lambda tmp: nib.save(img, tmp), suffix=suffix)
+    atomic_write(p, lambda tmp: nib.save(img, tmp), suffix=suffix, durable=durable)
     return p
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str | None = None) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix: str | None = None,
+                 durable: bool = True) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
 
     Readers see the old file or the new one, never half of one; on any error the temporary file is
-    removed and ``path`` is untouched. The file and the rename are fsynced before returning, so a
-    caller may record (and acknowledge) the path afterwards: a crash or power cut cannot undo it.
+    removed and ``path`` is untouched. With ``durable`` the file and the rename are fsynced before
+    returning, so a caller may record (and acknowledge) the path afterwards: a crash or power cut
+    cannot undo it (files the server can rewrite itself may skip that).
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -105,12 +108,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and labels are meant to be shared
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync(p.parent)
+    if durable:
+        _fsync(p.parent)
     return p
 
 

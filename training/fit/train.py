@@ -17,6 +17,12 @@ Both are overridable in ``TrainConfig``.
 Checkpoints: ``last.pt`` after every epoch (with optimiser/scheduler state, for ``resume``) and
 ``best.pt`` by validation tissue Dice (without validation subjects: ``best.pt`` = latest epoch).
 Both carry the resolved ``TrainConfig`` (also written to ``train_config.json``) and the history.
+
+Several processes: launched by torchrun (``WORLD_SIZE`` > 1 in the environment) the trainer joins the
+process group and trains with ``DistributedDataParallel``: each rank samples ``batch_size`` patches
+per iteration from its shard of the subjects, rank 0 validates and saves (see
+:mod:`training.fit.distributed`). :func:`train_distributed` launches such a run from Python. One
+process (no torchrun) runs exactly as before.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +51,7 @@ from training.config_dict import config_from_dict
 from training.data.labels import IGNORE, NUM_CLASSES
 from training.data.nifti import atomic_write
 from training.data.preprocess import PreprocessConfig, preprocess_subject
+from training.fit import distributed
 from training.fit.age import DEFAULT_AGE_WEIGHT, AgeTraining
 from training.fit.augment import AugmentConfig, build_augmentations
 from training.fit.finetune import FreezeReport, copy_without_training, prepare_finetune, trainable_parameters
@@ -150,13 +159,20 @@ def _label_source(subject: Any, partial_labels: dict | None) -> Any:
     return partial_labels.get(subject.id)
 
 
+def trainable_indices(subjects: Sequence[Any], partial_labels: dict | None = None) -> list[int]:
+    """Positions of the subjects that have a training label (what :func:`load_cases` keeps)."""
+    return [i for i, s in enumerate(subjects) if _label_source(s, partial_labels) is not None]
+
+
 def load_cases(subjects: Sequence[Any], pcfg: PreprocessConfig, partial_labels: dict | None = None,
-               max_candidates: int = 20000, seed: int = 0) -> list[TrainCase]:
-    """Pre-process every trainable subject once. With ``partial_labels`` only the subjects it names train."""
+               max_candidates: int = 20000, seed: int = 0, only: Sequence[int] | None = None) -> list[TrainCase]:
+    """Pre-process every trainable subject once. With ``partial_labels`` only the subjects it names train;
+    ``only`` (positions in ``subjects``) restricts it to a rank's shard, with the same per-subject seeds."""
+    keep = None if only is None else set(only)
     cases = []
     for i, s in enumerate(subjects):
         lab = _label_source(s, partial_labels)
-        if lab is None:
+        if lab is None or (keep is not None and i not in keep):
             continue
         pp = preprocess_subject(s, pcfg, label=lab)
         assert pp.label is not None
@@ -214,6 +230,9 @@ class Trainer:
     The steps run in a fixed order that also fixes the use of torch's global RNG (seeded in
     ``setup`` before the network is initialised; DataLoader iteration draws from it every epoch),
     so the same config and seed give the same run.
+
+    Launched by torchrun, each rank runs these steps on its shard with DDP (module doc); one process
+    runs the same steps, with the same results, as without torch.distributed.
     """
 
     def __init__(self, cfg: TrainConfig, subjects: Sequence[Any], out_dir: str | os.PathLike,
@@ -229,6 +248,7 @@ class Trainer:
         self.best_metric: float | None = None  # best validation tissue Dice so far
         self.history: list[dict[str, Any]] = []  # one record per epoch, kept in last.pt for resume
         self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter when enabled and available
+        self.dist = distributed.DistContext()  # this process's rank and world size (set in setup)
 
     # ------------------------------------------------------------------ setup
 
@@ -240,6 +260,8 @@ class Trainer:
         self._setup_model()
         if self.cfg.resume and self.last_path.is_file():
             self._resume()
+        # DDP wraps after resume so that every rank starts from the same weights and optimiser state
+        self.net = distributed.wrap(self.model, self.dist, self.device)
         self._setup_logs()
 
     def _setup_device(self) -> None:
@@ -247,7 +269,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         set_track_meta(False)  # plain tensors through the transforms: faster, and nothing needs the meta
-        self.device = _device(cfg)
+        self.dist, self.device = distributed.init_from_env(_device(cfg))  # one process: nothing changes
         if self.device.type == "cuda":  # fixed patch size: let cuDNN pick the fastest convolution once
             torch.backends.cudnn.benchmark = True
         amp_on = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
@@ -266,22 +288,29 @@ class Trainer:
         self.net_cfg.age_head = bool(cfg.age_head)
         self.patch = tuple(self.net_cfg.patch_size)
         t0 = time.perf_counter()
-        self.cases = load_cases(self.subjects, self.pcfg, self.partial_labels, cfg.sampling.max_candidates, cfg.seed)
+        trainable = trainable_indices(self.subjects, self.partial_labels)
+        self.train_ids = [self.subjects[i].id for i in trainable]
+        mine = distributed.shard(trainable, self.dist.rank, self.dist.world_size) if self.dist.enabled else None
+        self.cases = load_cases(self.subjects, self.pcfg, self.partial_labels, cfg.sampling.max_candidates, cfg.seed,
+                                only=mine)
         if not self.cases:
             raise TrainError("no trainable subject: none has a label" +
                              (" in partial_labels" if self.partial_labels is not None else ""))
-        if sum(int((c.label != IGNORE).sum()) for c in self.cases) == 0:
+        annotated = sum(int((c.label != IGNORE).sum()) for c in self.cases)
+        if distributed.all_sum(annotated, self.dist, self.device) == 0:
             raise TrainError("the training labels contain no annotated voxel (all 255)")
         self.val_cases: list[TrainCase] = []
-        if self.val_subjects:
+        if self.val_subjects and self.dist.is_main:  # validation is rank 0's
             self.val_cases = load_cases([s for s in self.val_subjects if s.label is not None], self.pcfg, None, 1,
                                         cfg.seed)
-        log.info("loaded %d training and %d validation subjects in %.1f s", len(self.cases), len(self.val_cases),
-                 time.perf_counter() - t0)
-        self.iters = cfg.iterations_per_epoch or max(25, 4 * len(self.cases))
+        shard = f" (rank {self.dist.rank}'s shard of {len(self.train_ids)})" if self.dist.enabled else ""
+        log.info("loaded %d training%s and %d validation subjects in %.1f s", len(self.cases), shard,
+                 len(self.val_cases), time.perf_counter() - t0)
+        # optimiser steps per epoch, from all ranks' subjects; each rank draws batch_size patches per step
+        self.iters = cfg.iterations_per_epoch or max(25, 4 * len(self.train_ids))
         aug = build_augmentations(cfg.augment, self.patch) if cfg.augment.enabled else None
         self.dataset = PatchDataset(self.cases, self.patch, self.iters * cfg.batch_size, aug, cfg.sampling,
-                                    seed=cfg.seed)
+                                    seed=distributed.rank_seed(cfg.seed, self.dist.rank, self.dist.world_size))
         workers = cfg.num_workers if cfg.num_workers is not None else (4 if self.device.type == "cuda" else 0)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=cfg.batch_size, shuffle=False,
                                                   num_workers=workers, drop_last=True,
@@ -327,8 +356,9 @@ class Trainer:
         log.info("resuming from %s at epoch %d", self.last_path, self.start_epoch)
 
     def _setup_logs(self) -> None:
-        """TensorBoard (optional) and ``train_config.json``: the resolved config plus what the run derived."""
-        if self.cfg.tensorboard:
+        """TensorBoard (optional) and ``train_config.json``: the resolved config plus what the run derived
+        (rank 0 only; every rank keeps the dict, which goes into the checkpoints)."""
+        if self.cfg.tensorboard and self.dist.is_main:
             try:  # deferred: tensorboard is optional; missing or broken, it must not stop training
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -337,46 +367,58 @@ class Trainer:
                 log.warning("TensorBoard disabled: %s", exc)
         self.train_dict = {
             **self.cfg.to_dict(), "iterations_per_epoch": self.iters, "device": str(self.device),
-            "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "n_train": len(self.cases),
-            "train_ids": [c.id for c in self.cases], "n_val": len(self.val_cases),
+            "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "n_train": len(self.train_ids),
+            "train_ids": self.train_ids, "n_val": len(self.val_cases),
             "init": str(self.init) if self.init is not None else None,
             "freeze_report": self.freeze_report.to_dict(),
+            # processes that trained together: each drew batch_size patches per step from its shard
+            "world_size": self.dist.world_size, "global_batch_size": self.dist.world_size * self.cfg.batch_size,
         }
-        (self.out / "train_config.json").write_text(json.dumps(self.train_dict, indent=2, default=str))
+        if self.dist.is_main:
+            (self.out / "train_config.json").write_text(json.dumps(self.train_dict, indent=2, default=str))
 
     # ------------------------------------------------------------------ one epoch
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train ``iterations_per_epoch`` batches, step the schedule; the epoch's record (loss, lr, timing)."""
-        cfg, device = self.cfg, self.device
+        cfg = self.cfg
         self.model.train()
         self.dataset.set_epoch(epoch)
         t_ep = time.perf_counter()
         losses = []
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (self.progress and self.dist.is_main))
         for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            self.opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs = self.model(x)
-            loss = self.loss_fn(outputs.float(), y)
-            if self.age_term is not None:
-                loss = self.age_term(loss, batch)  # + age_weight · MSE(normalised age)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            losses.append(float(loss.detach()))
+            losses.append(self.train_step(batch))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         self.sched.step()
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "lr": float(self.opt.param_groups[0]["lr"]), "epoch_s": time.perf_counter() - t_ep,
                                "s_per_iteration": (time.perf_counter() - t_ep) / max(len(losses), 1)}
+        if self.dist.enabled:  # the epoch's loss over every rank's patches
+            rec["loss"] = distributed.all_mean(rec["loss"], self.dist, self.device)
         if self.age_term is not None:
             rec["age_mse_normalised"] = self.age_term.epoch_mse()
         return rec
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step on one batch; its loss. Under DDP, backward averages the gradients over ranks,
+        so clipping and the step see the same gradients on every rank."""
+        device = self.device
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.net(x)
+        loss = self.loss_fn(outputs.float(), y)
+        if self.age_term is not None:
+            loss = self.age_term(loss, batch)  # + age_weight · MSE(normalised age)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach())
 
     def validate(self, epoch: int, force: bool = False) -> dict[str, Any] | None:
         """Validation metrics for the epoch's record when validation is due (every ``val_every`` epochs, the
@@ -438,19 +480,23 @@ class Trainer:
             finally:
                 if self.writer is not None:
                     self.writer.close()
-        if not self.best_path.exists() and self.last_path.exists():  # validation never ran (e.g. stopped early)
-            atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last_path, tmp))
+            # validation never ran (e.g. stopped early)
+            if self.dist.is_main and not self.best_path.exists() and self.last_path.exists():
+                atomic_write(self.best_path, lambda tmp: shutil.copyfile(self.last_path, tmp))
+            distributed.shutdown(self.dist)  # waits for rank 0's files
         done = self.history[-1]["epoch"] if self.history else self.start_epoch
         return TrainResult(out_dir=self.out, best_path=self.best_path, last_path=self.last_path,
                            epochs_completed=int(done), best_metric=self.best_metric, history=self.history,
-                           n_train=len(self.cases), stopped_early=stopped)
+                           n_train=len(self.train_ids), stopped_early=stopped)
 
     def _epochs(self) -> bool:
-        """The epoch loop; True when it stopped early."""
+        """The epoch loop; True when it stopped early. Decisions to stop are rank 0's (the same epochs everywhere)."""
         t_start = time.perf_counter()
+        d = self.dist
         for epoch in range(self.start_epoch, self.cfg.epochs):
             rec = self.run_epoch(epoch)
             over_time = self.cfg.time_limit_s is not None and time.perf_counter() - t_start > self.cfg.time_limit_s
+            over_time = distributed.broadcast_flag(over_time, d, self.device)
             val = self.validate(epoch, force=over_time)
             improved = False
             if val is not None:
@@ -459,10 +505,12 @@ class Trainer:
                                                                 or val["val_tissue_dice"] > self.best_metric):
                     self.best_metric, improved = val["val_tissue_dice"], True
             self.history.append(rec)
-            self._log_epoch(rec)
-            self.save(epoch, best=improved or not self.val_cases)
-            self._report_epoch(rec)
-            if self.callback is not None and self.callback(rec):
+            if d.is_main:
+                self._log_epoch(rec)
+                self.save(epoch, best=improved or not self.val_cases)
+                self._report_epoch(rec)
+            stop = d.is_main and self.callback is not None and bool(self.callback(rec))
+            if distributed.broadcast_flag(stop, d, self.device):
                 return True
             if over_time:
                 return True
@@ -489,3 +537,48 @@ def train(
     also runs in-process inside the server). The run itself is a :class:`Trainer`.
     """
     return Trainer(cfg, subjects, out_dir, partial_labels, val_subjects, init, progress, callback).fit()
+
+
+_SPEC, _RESULT = "ddp_spec.pkl", "ddp_result.pkl"
+
+
+def train_distributed(
+    nproc: int,
+    cfg: TrainConfig,
+    subjects: Sequence[Any],
+    out_dir: str | os.PathLike,
+    partial_labels: dict[str, Path] | None = None,
+    val_subjects: Sequence[Any] | None = None,
+    init: str | os.PathLike | None = None,
+) -> TrainResult:
+    """:func:`train` as ``nproc`` DDP processes on this machine, launched by torchrun; rank 0's result.
+
+    The inputs travel to the ranks as a pickle in ``out_dir`` (written and read by the same user), so
+    partial labels must be file paths (arrays would be copied to every rank). Used by the app's
+    retraining on several GPUs; the command line re-runs itself under torchrun instead.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if partial_labels and any(not isinstance(v, str | os.PathLike) for v in partial_labels.values()):
+        raise TrainError("train_distributed needs partial labels as file paths")
+    spec = {"cfg": cfg, "subjects": list(subjects), "partial_labels": partial_labels,
+            "val_subjects": list(val_subjects) if val_subjects else None, "init": init}
+    atomic_write(out / _SPEC, lambda tmp: Path(tmp).write_bytes(pickle.dumps(spec)))
+    (out / _RESULT).unlink(missing_ok=True)
+    distributed.run_torchrun(nproc, ["training.fit.train", str(out / _SPEC)])
+    return pickle.loads((out / _RESULT).read_bytes())
+
+
+def _run_spec(spec_path: Path) -> None:
+    """One rank of :func:`train_distributed`: train from the spec; rank 0 stores the result beside it."""
+    spec = pickle.loads(spec_path.read_bytes())
+    out = spec_path.parent
+    res = train(spec["cfg"], spec["subjects"], out, partial_labels=spec["partial_labels"],
+                val_subjects=spec["val_subjects"], init=spec["init"], progress=False)
+    if distributed.env_context().is_main:
+        atomic_write(out / _RESULT, lambda tmp: Path(tmp).write_bytes(pickle.dumps(res)))
+
+
+if __name__ == "__main__":  # python -m torch.distributed.run … -m training.fit.train SPEC (train_distributed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _run_spec(Path(sys.argv[1]))

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from monailabel.interfaces.config import TaskConfig
+
 from neonatal_app.lib.infers.segmentation import SegmentationInfer
 from neonatal_app.lib.trainers.segmentation import SegmentationTrainer, publish
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.settings import AppConfig, ConfError
 from strategies.annotate.state import STATE_DIR
+from training.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,13 @@ def model_path(studies: str | Path) -> Path:
     return Path(studies) / STATE_DIR / "model" / f"{NAME}.pt"
 
 
-class SegmentationConfig:
-    """Builds the ``segmentation`` infer and train tasks over one model file."""
+class SegmentationConfig(TaskConfig):
+    """MONAI Label's task config of the ``segmentation`` model: its infer and train tasks over one model file
+    (built by the app with the study set, not by ``TaskConfig.init``: the weights live with the studies)."""
 
     def __init__(self, studies: str | Path, config: AppConfig, ledger: AnnotationLedger) -> None:
+        super().__init__()
+        self.name = NAME
         self.studies = Path(studies)
         self.config = config
         self.ledger = ledger
@@ -36,8 +42,6 @@ class SegmentationConfig:
             src = Path(config.pretrained).expanduser()
             if not src.is_file():
                 raise ConfError(f"--conf pretrained {config.pretrained!r}: file not found (it is never downloaded)")
-            from training.model.checkpoint import load_checkpoint
-
             load_checkpoint(src)  # refuse a file that is not a neolabel checkpoint before serving it
             publish(src, self.path)
             log.info("published pretrained model %s as %s", src, self.path)

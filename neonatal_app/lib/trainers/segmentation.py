@@ -6,8 +6,11 @@ model as the starting point), calls ``training.fit.train.train`` (masked Dice+CE
 patch sampling) and publishes ``best.pt`` with ``os.replace`` into the model path, where the infer
 task picks it up by mtime. With a validation set the new model is published only if it is not
 worse than the served one on it. A file lock makes sure two trainings never run at once, whoever
-started them (``/train``, the label-count trigger, the schedule). Multi-GPU (DDP) is not
-supported: training uses one device (CUDA when present, else CPU; mixed precision only on CUDA).
+started them (``/train``, the label-count trigger, the schedule). On a machine with two or more
+visible GPUs (and ``--conf gpus`` allowing it) the run is one DDP process per GPU, launched by
+torchrun (``training.fit.train.train_distributed``), as MONAI Label's own trainers spawn one
+process per GPU; otherwise one process on one device (CUDA when present, else CPU; mixed
+precision only on CUDA). On CPU it is always one process: more would only split the same cores.
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ from monailabel.interfaces.tasks.train import TrainTask
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.settings import AppConfig
 from strategies.annotate.state import STATE_DIR
+from training.data.labels import class_table
 from training.data.nifti import atomic_write, atomic_write_text
+from training.model.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def gpu_processes(gpus: str, device: str, visible_gpus: int) -> int:
+    """Training processes for one retraining: one per GPU with ≥ 2 usable (``gpus`` = ``all`` or a cap), else 1."""
+    if device != "cuda" or visible_gpus < 2:
+        return 1
+    n = visible_gpus if gpus == "all" else min(int(gpus), visible_gpus)
+    return n if n >= 2 else 1
 
 
 class TrainingBusy(RuntimeError):
@@ -107,7 +120,7 @@ class SegmentationTrainer(TrainTask):
         import torch
 
         from training.evaluate.segmentation import evaluate_checkpoint
-        from training.fit.train import TrainConfig, train
+        from training.fit.train import TrainConfig, train, train_distributed
 
         t0 = time.time()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -135,8 +148,14 @@ class SegmentationTrainer(TrainTask):
         run_dir = self.dir / "train" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         val = self.validation_subjects()
         log.info("training on %d annotated images (%d validation) from %s", len(subjects), len(val), init or "scratch")
-        result = train(tcfg, subjects, run_dir, partial_labels=partial, val_subjects=val or None,
-                       init=init, progress=False)
+        nproc = gpu_processes(self.cfg.gpus, device, torch.cuda.device_count() if device == "cuda" else 0)
+        if nproc > 1:
+            log.info("training with %d DDP processes, one per GPU", nproc)
+            result = train_distributed(nproc, tcfg, subjects, run_dir, partial_labels=partial,
+                                       val_subjects=val or None, init=init)
+        else:
+            result = train(tcfg, subjects, run_dir, partial_labels=partial, val_subjects=val or None,
+                           init=init, progress=False)
         stats: dict[str, Any] = {
             "status": "done",
             "started": started,
@@ -144,6 +163,7 @@ class SegmentationTrainer(TrainTask):
             "epochs": result.epochs_completed,
             "train_images": result.n_train,
             "device": device,
+            "processes": nproc,
             "init": "served" if init is not None else "scratch",
             "freeze": tcfg.freeze,
             "run_dir": str(run_dir),
@@ -175,3 +195,51 @@ class SegmentationTrainer(TrainTask):
 def publish(src: str | Path, model_path: str | Path) -> Path:
     """Copy a checkpoint beside the model path, then ``os.replace`` it in: readers never see half a file."""
     return atomic_write(model_path, lambda tmp: shutil.copyfile(src, tmp))
+
+
+class ModelRefused(ValueError):
+    """An uploaded file that cannot become the served model (the served model stays as it is)."""
+
+
+def check_model_file(path: str | Path) -> None:
+    """Only a readable neolabel checkpoint for this server's class table may be served (``PUT /model``)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ModelRefused(str(exc).replace(str(path), "uploaded file")) from None
+    if ckpt.class_table != class_table():
+        raise ModelRefused("the uploaded checkpoint was trained for another class table than this server's "
+                           "(drawem9 classes 0-9, 255 = not annotated)")
+
+
+def keep_previous(model_path: str | Path) -> Path | None:
+    """Keep the served model as ``previous/<name>-<UTC time>.pt`` beside it (a hard link: no copy, and the
+    served file stays in place); None when there is no served model."""
+    src = Path(model_path)
+    if not src.is_file():
+        return None
+    folder = src.parent / "previous"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = folder / f"{src.stem}-{stamp}{src.suffix}"
+    try:
+        os.link(src, dest)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dest)
+    return dest
+
+
+def replace_model(upload: str | Path, model_path: str | Path) -> Path | None:
+    """Check an uploaded checkpoint, keep the served one, publish the upload atomically; the kept file."""
+    check_model_file(upload)
+    kept = keep_previous(model_path)
+    publish(upload, model_path)
+    return kept
+
+
+def retire_model(model_path: str | Path) -> Path | None:
+    """``DELETE /model``: stop serving the model, keeping its file under ``previous/``; None when there was none."""
+    kept = keep_previous(model_path)
+    if kept is not None:
+        Path(model_path).unlink(missing_ok=True)
+    return kept

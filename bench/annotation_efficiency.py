@@ -1,0 +1,233 @@
+"""Benchmark: annotation efficiency — budget curves with statistics, an active choice against foreground-aware random.
+
+Two parts on one generated dHCP-like study set (``cpu`` preset, 2 mm voxels), every model trained with
+the same iterations and batch, every model scored on the same held-out, densely labelled scans:
+
+1. **Budget curves** (``neolabel simulate --budgets … --dispersion …``): tissue Dice against the
+   budget (percent of the pool's usable slices; 100 = every usable slice of every pool scan, the
+   full-annotation reference) for each dispersion (how many scans share a budget), equidistant slices.
+2. **Active-learning loop** (``--rounds`` with the same budgets as growth targets): ``claspe``
+   (class-stratified, power-noised entropy), ``uncertainty`` (plain entropy), ``fgrandom``
+   (foreground-aware random, nnActive's bar) and ``equidistant`` from one shared seed set, paired by seed.
+
+Statistics (``apps.simulation.stats``): mean and 95 % bootstrap CI over seeds, paired differences by
+seed with a CI and a Wilcoxon signed-rank p, AUBC, and the budget needed for 95 / 97 % of the
+full-annotation Dice. Writes the two simulation outputs' tables and figures to
+``bench/results/efficiency/<profile>/{static,loop}/`` plus ``summary.md`` and ``summary.json``
+(models and checkpoints stay in the work folder, ``bench/out/efficiency/<profile>``, resumable), and
+prints last::
+
+    full_dice=<x> slices_pct_for_97=<p> aubc_<strategy>=<a> ... best=<s> best_vs_fgrandom=<d> ci=[lo,hi]
+
+Profiles (``--quick`` ≈ 10 min on 2 CPU cores: a smoke run whose Dice is far from converged; default
+≤ 2 h on 2 CPU cores; ``--gpu`` a larger configuration for one GPU). Re-running resumes. On a shared
+machine pass ``--threads 1`` (two torch threads under contention were 5–10× slower per iteration).
+
+    .venv/bin/python bench/annotation_efficiency.py --quick
+    nohup .venv/bin/python bench/annotation_efficiency.py > bench/out/efficiency.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds scripts named like our packages (bench/training.py): never import from the script folder
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from apps.simulation.config import SimulationConfig  # noqa: E402
+from apps.simulation.curves import build_curves, compare_aubc, full_reference, reach_estimate  # noqa: E402
+from apps.simulation.run import run_simulation  # noqa: E402
+from apps.simulation.stats import mean_ci  # noqa: E402
+from strategies.plan.selection import SCORED_SELECTIONS  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One benchmark configuration (what is simulated, and how long each model trains)."""
+
+    subjects: int  # generated scans, test scans included
+    test_scans: int
+    seeds: int
+    epochs: int  # × iterations = the iterations of every static model and of the loop's seed-set model
+    iterations: int
+    round_epochs: int  # loop: warm-start epochs per round
+    budgets: tuple[str, ...]
+    dispersions: tuple[str, ...]
+    loop_budgets: tuple[str, ...]
+    strategies: tuple[str, ...]
+    axes: tuple[str, ...] = ("axial",)
+    shape: tuple[int, int, int] = (54, 72, 72)
+    spacing: float = 2.0
+    preset: str = "cpu"
+    patch: int | None = None  # training patch edge (None: the preset's)
+
+
+PROFILES: dict[str, Profile] = {
+    # ≈ 10 min on 2 quiet cores: the pipeline end to end (real training, prediction, statistics), Dice far
+    # from converged (50 iterations per model).
+    "quick": Profile(subjects=10, test_scans=3, seeds=2, epochs=2, iterations=25, round_epochs=1,
+                     budgets=("2", "10", "100"), dispersions=("0.33", "1.0"), loop_budgets=("2", "5", "10"),
+                     strategies=("claspe", "fgrandom")),
+    # ≤ 2 h on 2 quiet cores (the full run): 36 static models (12 per seed: 5 budgets × 4 dispersions, the
+    # cells the pool can pay for, identical plans shared) + 7 loop models per seed.
+    "full": Profile(subjects=16, test_scans=4, seeds=3, epochs=6, iterations=50, round_epochs=2,
+                    budgets=("2", "5", "10", "20", "100"), dispersions=("1slice", "0.1", "0.33", "1.0"),
+                    loop_budgets=("2", "5", "10"), strategies=("claspe", "uncertainty", "fgrandom")),
+    # one GPU: more scans, seeds, budgets, rounds and iterations.
+    "gpu": Profile(subjects=40, test_scans=8, seeds=5, epochs=12, iterations=100, round_epochs=6,
+                   budgets=("1", "2", "5", "10", "20", "33", "100"), dispersions=("1slice", "0.1", "0.33", "1.0"),
+                   loop_budgets=("1", "2", "5", "10", "20"),
+                   strategies=("claspe", "uncertainty", "fgrandom", "random", "equidistant")),
+}
+KEEP = ("results.csv", "results.md", "simulation.json", "timing.json", "*.png")
+"""What is copied from a simulation output into bench/results (not the models)."""
+
+
+def _configs(p: Profile, work: Path, data: Path, args: argparse.Namespace) -> tuple[SimulationConfig, SimulationConfig]:
+    overrides: dict = {"threads": args.threads} if args.threads else {}
+    device = args.device or ("cuda" if args.gpu else None)
+    if device:
+        overrides["device"] = device
+    if p.patch:
+        overrides["patch_size"] = (p.patch,) * 3
+    common = dict(data=data, epochs=p.epochs, iterations=p.iterations, seeds=p.seeds, test_scans=p.test_scans,
+                  preset=p.preset, train_overrides=overrides, progress=not args.quiet)
+    static = SimulationConfig(out=work / "static", budgets=p.budgets, dispersions=p.dispersions, axes=p.axes,
+                              selections=("equidistant",), **common)
+    loop = SimulationConfig(out=work / "loop", rounds=len(p.loop_budgets) - 1, budgets=p.loop_budgets,
+                            strategies=p.strategies, round_epochs=p.round_epochs, loop_axis=p.axes[0], **common)
+    return static, loop
+
+
+def _data(p: Profile, work: Path, thick_axis: str | None) -> Path:
+    """The study set, generated once (thick-slice acquisition along ``thick_axis`` when given)."""
+    from training.data.synthetic.write import write_study_set
+
+    data = work / "data"
+    marker = data / "participants.tsv"
+    if not marker.is_file():
+        extra = {"acquisition_axis": thick_axis} if thick_axis else {}
+        write_study_set(data, p.subjects, shape=p.shape, spacing=p.spacing, seed=0, **extra)
+    return data
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for pattern in KEEP:
+        for f in src.glob(pattern):
+            shutil.copy2(f, dst / f.name)
+
+
+def _f(v: float, nd: int = 3) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.{nd}f}"
+
+
+def summarise(static: list[dict], loop: list[dict]) -> tuple[dict, list[str]]:
+    """The numbers of the last line and of summary.md, from the two runs' results."""
+    scurves = build_curves(static)
+    full = full_reference(scurves)
+    full_est = mean_ci(list(full.values()))
+    reach = {}
+    for c in scurves:
+        est, n = reach_estimate(c, full, 0.97)
+        reach[c.name] = (est, n)
+    reached = {k: v for k, v in reach.items() if v[0].n == v[1] and v[1] > 0}
+    best_static = min(reached, key=lambda k: reached[k][0].mean) if reached else None
+    lcurves = build_curves(loop)
+    aubcs = {c.name: mean_ci(list(c.aubc().values())) for c in lcurves}
+    fg = next((c for c in lcurves if c.selection == "fgrandom"), None)
+    actives = [c for c in lcurves if c.selection in SCORED_SELECTIONS]
+    best = max(actives, key=lambda c: aubcs[c.name].mean) if actives else None
+    cmp = {c.name: compare_aubc(c, fg) for c in lcurves if fg is not None and c is not fg}
+    out = {
+        "full_dice": full_est.mean, "full_dice_ci": [full_est.lo, full_est.hi],
+        "slices_pct_for_97": reached[best_static][0].mean if best_static else math.nan,
+        "slices_pct_for_97_ci": [reached[best_static][0].lo, reached[best_static][0].hi] if best_static else None,
+        "slices_pct_for_97_curve": best_static,
+        "aubc": {k: [v.mean, v.lo, v.hi] for k, v in aubcs.items()},
+        "vs_fgrandom": {k: None if v is None else {"diff": v[0].diff.mean, "ci": [v[0].diff.lo, v[0].diff.hi],
+                                                    "p": v[0].p_value, "verdict": v[0].verdict}
+                        for k, v in cmp.items()},
+        "best": None if best is None else best.name,
+    }
+    lines = [f"- full annotation (100 %, whole volumes): tissue Dice {full_est.fmt()}"]
+    for name, (est, n) in reach.items():
+        lines.append(f"- {name}: 97 % of full Dice at {est.fmt(1)} % of the pool's slices "
+                     f"({est.n}/{n} seeds reach it within the budgets run)")
+    for name, est in aubcs.items():
+        got = cmp.get(name)
+        vs = "" if got is None else f"; − fgrandom: {got[0].fmt()}"
+        lines.append(f"- loop {name}: AUBC {est.fmt()}{vs}")
+    return out, lines
+
+
+def last_line(s: dict) -> str:
+    parts = [f"full_dice={_f(s['full_dice'])}", f"slices_pct_for_97={_f(s['slices_pct_for_97'], 1)}"]
+    parts += [f"aubc_{k}={_f(v[0])}" for k, v in s["aubc"].items()]
+    b = s["best"]
+    got = s["vs_fgrandom"].get(b) if b else None
+    if got:
+        parts += [f"best={b}", f"best_vs_fgrandom={got['diff']:+.3f}", f"ci=[{_f(got['ci'][0])},{_f(got['ci'][1])}]"]
+    else:
+        parts += ["best=none", "best_vs_fgrandom=nan", "ci=[nan,nan]"]
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="≈ 10 min smoke version (2 CPU cores)")
+    g.add_argument("--gpu", action="store_true", help="the larger configuration for one GPU")
+    ap.add_argument("--work", type=Path, default=None, help="models and checkpoints (default bench/out/efficiency/<p>)")
+    ap.add_argument("--results", type=Path, default=None, help="default bench/results/efficiency/<profile>")
+    ap.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
+    ap.add_argument("--axes", default=None, help="static curves' axes, comma list (e.g. sagittal,axial)")
+    ap.add_argument("--thick-axis", default=None, help="thick-slice acquisition axis of the generated data")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
+    ap.add_argument("--device", default=None, help="training device (default: cuda with --gpu, else training's)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    name = "quick" if args.quick else "gpu" if args.gpu else "full"
+    p = PROFILES[name]
+    if args.seeds:
+        p = replace(p, seeds=args.seeds)
+    if args.axes:
+        p = replace(p, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()))
+    work = args.work or ROOT / "bench" / "out" / "efficiency" / name
+    results = args.results or ROOT / "bench" / "results" / "efficiency" / name
+    t0 = time.perf_counter()
+    data = _data(p, work, args.thick_axis)
+    static_cfg, loop_cfg = _configs(p, work, data, args)
+    static = run_simulation(static_cfg)
+    t_static = time.perf_counter() - t0
+    loop = run_simulation(loop_cfg)
+    wall = time.perf_counter() - t0
+    _copy(static_cfg.out, results / "static")
+    _copy(loop_cfg.out, results / "loop")
+    summary, lines = summarise(static.results, loop.results)
+    summary.update({"profile": name, "config": {k: str(v) for k, v in p.__dict__.items()},
+                    "wall_seconds": round(wall, 1), "static_seconds": round(t_static, 1),
+                    "reused": len(static.skipped) + len(loop.skipped)})
+    (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    md = [f"# Annotation efficiency ({name} profile)", "", f"- configuration: {p}",
+          f"- wall time: {wall:.0f} s (static {t_static:.0f} s), {summary['reused']} model(s) reused", "",
+          *lines, "", "Details, CIs and paired tests per budget: `static/results.md`, `loop/results.md`.", "",
+          "```", last_line(summary), "```", ""]
+    (results / "summary.md").write_text("\n".join(md))
+    print("\n".join(lines))
+    print(last_line(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The annotation database: migrations, refusal of a newer schema, rollback, an append-only audit."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+import strategies.annotate.db as dbmod
+from strategies.annotate.db import AnnotationDB, DBError, add_counter, audit, counter
+
+
+def test_a_database_of_an_older_schema_is_migrated_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "a.db"
+    monkeypatch.setattr(dbmod, "SCHEMA_VERSION", 1)
+    old = AnnotationDB(path)
+    with old.transaction() as con:
+        add_counter(con, "labels_saved", 3)
+    old.close()
+    monkeypatch.undo()
+    new = AnnotationDB(path)
+    con = new.read()
+    assert con.execute("PRAGMA user_version").fetchone()[0] == dbmod.SCHEMA_VERSION
+    assert counter(con, "labels_saved") == 3  # data survives the upgrade
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"scans", "leases", "submissions", "ledger", "audit", "settings"} <= tables
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert new.integrity_check() == "ok"
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "b.db"
+    AnnotationDB(path).close()
+    with sqlite3.connect(path) as con:
+        con.execute(f"PRAGMA user_version = {dbmod.SCHEMA_VERSION + 1}")
+    with pytest.raises(DBError, match="newer"):
+        AnnotationDB(path)
+
+
+def test_a_failed_transaction_changes_nothing_and_the_audit_is_append_only(tmp_path):
+    db = AnnotationDB(tmp_path / "c.db")
+    with pytest.raises(RuntimeError), db.transaction() as con:
+        add_counter(con, "labels_saved", 1)
+        raise RuntimeError("crash inside the request")
+    assert counter(db.read(), "labels_saved") == 0
+    with db.transaction() as con:
+        audit(con, "alice", "label.accepted", "scan-1", {"slices": 3})
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.transaction() as con:
+        con.execute("UPDATE audit SET actor = 'mallory'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.transaction() as con:
+        con.execute("DELETE FROM audit")
+    rows = db.read().execute("SELECT actor, action, target FROM audit").fetchall()
+    assert [tuple(r) for r in rows] == [("alice", "label.accepted", "scan-1")]
