@@ -1,5 +1,9 @@
 """``neolabel train``: train the segmentation network on full labels or on a slice plan's partial labels.
 
+Options default to None and then take ``training.fit.train.TrainConfig``'s defaults (one source; the
+config is not imported here because it pulls in torch, and every command module is imported by
+``neolabel --help``).
+
 The plan → partial-label conversion is ``apps.plans`` (it needs ``strategies``, which ``training``
 must never import); ``training.fit.train.train`` only ever sees partial labels.
 
@@ -15,6 +19,9 @@ import os
 from pathlib import Path
 
 import typer
+
+from training.fit.freeze import FREEZE_LEVELS
+from training.model.presets import PRESETS
 
 
 def _forwarded_args(ctx: typer.Context, drop: set[str]) -> list[str]:
@@ -47,12 +54,16 @@ def train(
     plan: Path | None = typer.Option(
         None, "--plan", help="Slice-assignment JSON: train on partial labels of the planned slices only."
     ),
-    epochs: int = typer.Option(50, "--epochs", help="Number of epochs."),
-    preset: str = typer.Option("cpu", "--preset", help="Network preset: tiny | cpu | paper."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs. Default: TrainConfig's."),
+    preset: str | None = typer.Option(
+        None, "--preset", help=f"Network preset: {' | '.join(PRESETS)}. Default: TrainConfig's."
+    ),
     iterations: int | None = typer.Option(
         None, "--iterations", help="Iterations per epoch (default: max(25, 4 × training subjects))."
     ),
-    batch_size: int = typer.Option(2, "--batch-size", help="Patches per iteration."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Patches per iteration (per process). Default: TrainConfig's."
+    ),
     optimizer: str | None = typer.Option(
         None, "--optimizer", help="sgd | adamw (default: sgd for paper, adamw for cpu/tiny)."
     ),
@@ -63,20 +74,27 @@ def train(
     val_fraction: float = typer.Option(
         0.0, "--val-fraction", help="Hold out this fraction of labelled subjects for validation (if no --val)."
     ),
-    modalities: str = typer.Option("T2w", "--modalities", help="Input channels, e.g. T2w or T2w,T1w."),
+    modalities: str | None = typer.Option(
+        None, "--modalities", help="Input channels, e.g. T2w or T2w,T1w. Default: TrainConfig's."
+    ),
     init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint's weights (fine-tuning)."),
-    freeze: str = typer.Option(
-        "full", "--freeze", help="Transfer learning with --init: none (evaluate only) | shallow (bottleneck + "
-        "adjacent blocks) | medium (+1 each side) | deep (+2) | full | scratch (random init, no --init)."
+    freeze: str | None = typer.Option(
+        None, "--freeze", help=f"Transfer learning with --init: {' | '.join(FREEZE_LEVELS)} (see "
+        f"training/fit/freeze.py: none = evaluate only, shallow/medium/deep freeze around the bottleneck). "
+        "Default: TrainConfig's."
     ),
     age_head: bool = typer.Option(
         False, "--age-head/--no-age-head", help="AgeU-Net: also regress scan age from the bottleneck."
     ),
-    age_weight: float = typer.Option(0.01, "--age-weight", help="α in loss = segmentation + α·MSE(age)."),
+    age_weight: float | None = typer.Option(
+        None, "--age-weight", help="α in loss = segmentation + α·MSE(age). Default: TrainConfig's."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt (epoch, optimiser, scheduler)."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampling, augmentation and initialisation."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed for sampling, augmentation and initialisation. Default: TrainConfig's."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     nproc: int = typer.Option(
         1, "--nproc", help="DDP processes on this machine, launched by torchrun (one per GPU; gloo on CPU). "
@@ -132,10 +150,14 @@ def train(
         typer.echo(f"plan {plan}: {n_slices} slices in {len(partial)} images → partial labels")
     if resume and not (out / "last.pt").is_file():
         raise typer.BadParameter(f"nothing to resume: {out / 'last.pt'} does not exist", param_hint="--resume")
+    given = {
+        "preset": preset, "epochs": epochs, "batch_size": batch_size, "seed": seed, "freeze": freeze,
+        "age_weight": age_weight,
+        "modalities": tuple(m.strip() for m in modalities.split(",") if m.strip()) if modalities else None,
+    }
     cfg = TrainConfig(
-        preset=preset, epochs=epochs, iterations_per_epoch=iterations, batch_size=batch_size, optimizer=optimizer,
-        lr=lr, modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()), resume=resume,
-        device=device, threads=threads, seed=seed, freeze=freeze, age_head=age_head, age_weight=age_weight,
+        iterations_per_epoch=iterations, optimizer=optimizer, lr=lr, resume=resume, device=device, threads=threads,
+        age_head=age_head, **{k: v for k, v in given.items() if v is not None},
     )
     try:
         res = run_train(cfg, train_subjects, out, partial_labels=partial, val_subjects=val_subjects or None,

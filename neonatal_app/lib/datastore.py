@@ -277,9 +277,11 @@ class NeolabelDatastore(LocalDatastore):
         shape, affine = read_header(image)
         vol = self._read_upload(label_filename, shape)
         # logged in: the user is who submitted (the plugin's client id is only a device note); else the client id
-        client_id = acting_client(info.get("client_id") or info.get("user")) or ANONYMOUS
+        device = info.get("client_id") or info.get("user")
+        client_id = acting_client(device) or ANONYMOUS
         label_id, summary = self.intake.accept(image_id, label_filename, tag, vol, shape, affine,
-                                               info.get("label_info"), client_id)
+                                               info.get("label_info"), client_id,
+                                               device=device if device != client_id else None)
         if summary:
             if not hasattr(self._local, "summaries"):
                 self._local.summaries = {}

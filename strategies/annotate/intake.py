@@ -114,7 +114,8 @@ class SubmissionIntake:
         return str(dest.relative_to(self._root))
 
     def accept(self, image_id: str, upload: str, tag: str, label: Volume, image_shape: tuple[int, ...],
-               affine: np.ndarray, label_info: Any, client_id: str) -> tuple[str, dict[str, Any]]:
+               affine: np.ndarray, label_info: Any, client_id: str,
+               device: str | None = None) -> tuple[str, dict[str, Any]]:
         """Check and store an upload (Slicer's segment numbering mapped back to classes by ``label_info``);
         (label id, summary), or :class:`SubmissionRejected` with nothing changed."""
         with self._lock:
@@ -144,6 +145,8 @@ class SubmissionIntake:
             summary["raw_submission"] = str(raw.relative_to(self._root))
             summary["raw_sha256"] = sha256_file(raw)
             summary["client_id"] = client_id
+            if device:
+                summary["device_id"] = device  # the plugin's client id: a note, the identity is client_id
             summary["saved_at"] = now_iso()
             label_id = self.store.store_label_array(
                 image_id, result.partial, affine, FINAL,

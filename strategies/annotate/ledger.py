@@ -27,6 +27,9 @@ from strategies.plan.incremental import Lease, without_annotated
 log = logging.getLogger(__name__)
 
 
+SUMMARY_KEYS = ("accepted", "ignored_voxels_outside_assignment", "device_id")  # kept with each submission row
+
+
 def budget_config(settings: Mapping[str, Any], selection: str | None = None) -> BudgetConfig:
     """The planner's budget from the persisted strategy settings (``selection`` overrides the admin's)."""
     return BudgetConfig(
@@ -175,6 +178,7 @@ class AnnotationLedger:
         *,
         by_uncertainty: bool = False,
         now: datetime | None = None,
+        device: str | None = None,
     ) -> Granted | None:
         """Choose and lease the next scan and slices for ``client_id``; None when there is nothing to do.
 
@@ -241,7 +245,8 @@ class AnnotationLedger:
                 "strategy = excluded.strategy, submitted = 0",
                 (entry.id, client_id, parts, strategy),
             )
-            audit(con, client_id, "assign", entry.id, {"strategy": strategy, "slices": lease.n_slices})
+            detail = {"strategy": strategy, "slices": lease.n_slices, "device": device}
+            audit(con, client_id, "assign", entry.id, detail)
         self.last_reason = None
         return Granted(entry.id, [replace(a) for a in got], lease)
 
@@ -297,9 +302,7 @@ class AnnotationLedger:
                     raw,
                     summary.get("raw_sha256"),
                     int(summary.get("slices_accepted", 0)),
-                    json.dumps(
-                        {k: summary[k] for k in ("accepted", "ignored_voxels_outside_assignment") if k in summary}
-                    ),
+                    json.dumps({k: summary[k] for k in SUMMARY_KEYS if k in summary}),
                 ),
             )
             row = con.execute("SELECT annotated, rounds FROM scans WHERE id = ?", (image_id,)).fetchone()
@@ -316,7 +319,8 @@ class AnnotationLedger:
                 client_id,
                 "label.accepted",
                 image_id,
-                {"mode": result.mode, "slices": int(summary.get("slices_accepted", 0)), "raw": raw},
+                {"mode": result.mode, "slices": int(summary.get("slices_accepted", 0)), "raw": raw,
+                 "device": summary.get("device_id")},
             )
             return {"round": int(row["rounds"]) + 1}
 

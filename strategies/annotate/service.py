@@ -127,7 +127,8 @@ class AnnotationService:
         if cfg.selection == "uncertainty" and not by_uncertainty:
             log.info("%s: no model scores yet, uncertainty falls back to equidistant slices", strategy)
             cfg = budget_config(settings, "equidistant")
-        granted = self.ledger.grant(client_id, cfg, strategy, by_uncertainty=by_uncertainty)
+        granted = self.ledger.grant(client_id, cfg, strategy, by_uncertainty=by_uncertainty,
+                                    device=request.get("device_id"))
         if granted is None:
             return {}
         for x in granted.assignments:

@@ -144,3 +144,17 @@ def test_cli_nproc_2_writes_one_checkpoint_and_one_log_and_resumes(synth_root, t
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and load_checkpoint(out / "last.pt").epoch == 2
     assert len(list((out / "tensorboard").iterdir())) == 2  # one event file per run, both from rank 0
+
+
+@pytest.mark.timeout(300)
+def test_train_distributed_runs_two_ranks_from_python(synth_dataset, tmp_path):
+    """What the app's retraining calls on ≥ 2 GPUs, here with gloo: inputs to the ranks as files, rank 0's result."""
+    from training.fit.train import train_distributed
+    from training.model.checkpoint import load_checkpoint
+
+    subjects = synth_dataset.with_labels()[:3]
+    cfg = TrainConfig(preset="tiny", epochs=1, iterations_per_epoch=2, batch_size=1, device="cpu", threads=1,
+                      tensorboard=False)
+    res = train_distributed(2, cfg, subjects, tmp_path / "run", partial_labels={s.id: s.label for s in subjects})
+    assert res.epochs_completed == 1 and res.n_train == 3 and res.best_path.is_file()
+    assert load_checkpoint(res.last_path).train_config["world_size"] == 2
