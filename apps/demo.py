@@ -24,9 +24,12 @@ from pathlib import Path
 
 DEMO_VERSION = 1
 SEEDS = {"served": 3, "train": 1, "validation": 2}
-DEMO_ITERATIONS = 400
-"""Training iterations of the demo's first model (cpu preset: about 3.5 min on 2 quiet CPU cores)."""
+DEMO_ITERATIONS = 500
+"""Training iterations of the demo's first model. Measured (cpu preset, 2 CPU cores, seed 0): 0.953 held-out
+tissue Dice in 287 s (brainstem 0.905, hippocampus 0.931); 400 iterations gave 0.918 (brainstem 0.828)."""
 DEMO_SEED = 0
+SCHEDULE_EPOCHS = 10_000
+"""Nominal epochs of the first model's learning-rate schedule (it stops after DEMO_ITERATIONS)."""
 WARN_DICE = 0.5
 """A class whose held-out Dice is below this is named in a warning after the first model's training."""
 
@@ -115,14 +118,16 @@ def bootstrap_model(
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = TrainConfig(preset=preset, epochs=epochs, iterations_per_epoch=per_epoch, device=dev, seed=DEMO_SEED,
-                      amp=dev == "cuda", tensorboard=False, val_every=10**6)
+    # a long nominal schedule keeps the poly learning rate about constant; training stops after ``epochs``
+    # (measured at 400 iterations: 0.918 held-out tissue Dice this way, 0.900 with the decay compressed into them)
+    cfg = TrainConfig(preset=preset, epochs=SCHEDULE_EPOCHS, iterations_per_epoch=per_epoch, device=dev,
+                      seed=DEMO_SEED, amp=dev == "cuda", tensorboard=False, val_every=10**6)
     bar = tqdm(total=epochs * per_epoch, desc="first model", unit="it", disable=not progress)
 
     def step(rec: dict) -> bool:
         bar.update(per_epoch)
         bar.set_postfix_str(f"loss {rec['loss']:.3f}")
-        return False
+        return rec["epoch"] >= epochs
 
     try:
         result = train(cfg, train_subjects, out, val_subjects=None, progress=False, callback=step)

@@ -239,7 +239,8 @@ def budget_section(curves: Sequence[Curve]) -> list[str]:
                 continue
             below = max((x for x in c.xs if x <= est.mean), default=c.xs[0])
             above = min((x for x in c.xs if x >= est.mean), default=c.xs[-1])
-            cells.append(f"{est.fmt(1)} ({est.n}/{n} seeds; between the {below:g} and {above:g} % points)")
+            where = f"at the {below:g} % point" if below == above else f"between the {below:g} and {above:g} % points"
+            cells.append(f"{est.fmt(1)} ({est.n}/{n} seeds; {where})")
         lines.append(f"| {c.name} | {mean_ci(list(c.aubc().values())).fmt()} | " + " | ".join(cells) + " |")
     lines += ["", "AUBC: area under tissue Dice over log10(budget %), divided by the log range (a mean Dice; "
               "each doubling of the budget weighs the same). Budget to reach: linear interpolation between the "

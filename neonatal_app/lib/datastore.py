@@ -196,6 +196,7 @@ class NeolabelDatastore(LocalDatastore):
         with self._registry_lock:
             self._datastore.objects.pop(image_id, None)
         self._update_datastore_file()
+        self.intake.ledger.forget_image(image_id)
         self._refresh_status()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:

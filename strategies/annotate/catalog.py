@@ -152,6 +152,11 @@ class ScanCatalog:
         self._masked = None
         return len(rows)
 
+    def forget(self, image_id: str) -> None:
+        """The in-memory view of a scan removed from the study set (the table row is cleared by the caller)."""
+        if self._known is not None:
+            self._known.discard(image_id)
+
     def all_have_brain_masks(self) -> bool:
         """Then planning needs no model label (background model outputs are needed for uncertainty only)."""
         if self._masked is None:

@@ -159,10 +159,11 @@ class AnnotationDB:
         con.execute("BEGIN IMMEDIATE")
         try:
             yield con
+            con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # also after a failed COMMIT (disk full): never leave the lock held
+                con.execute("ROLLBACK")
             raise
-        con.execute("COMMIT")
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees the last commit)."""

@@ -27,7 +27,7 @@ from strategies.annotate.state import STATE_DIR, now_iso
 from strategies.annotate.submission import SubmissionRejected, check_submission, convert_submission, remap_segments
 from strategies.annotate.tags import FINAL, ORIGINAL
 from training.data.labels import FRAME, IGNORE
-from training.data.nifti import Volume, atomic_write_text
+from training.data.nifti import Volume, atomic_write_text, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,14 @@ class SubmissionIntake:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
         os.close(fd)
         shutil.copyfile(src, tmp)
+        fsync_path(tmp)  # the database row that points at this copy is committed right after
         try:
             n = count_uploads(folder) + 1
             while True:
                 dest = folder / f"{n:04d}-{tag}{ext}"
                 try:
                     os.link(tmp, dest)  # fails if dest exists: earlier submissions are never replaced
+                    fsync_path(folder)
                     return dest
                 except FileExistsError:
                     n += 1

@@ -23,6 +23,7 @@ from strategies.plan.assignment import SliceAssignment
 from strategies.plan.budget import BudgetConfig, volume_assignments, volume_capacity
 from strategies.plan.extents import PlanEntry
 from strategies.plan.incremental import Lease, without_annotated
+from strategies.plan.selection import CLASS_SELECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,16 @@ class AnnotationLedger:
             )
             audit(con, actor, "train.finished", None, {k: stats.get(k) for k in ("started", "published", "message")})
 
+    def forget_image(self, image_id: str, actor: str = "server") -> None:
+        """A scan left the study set: its leases free their slices, nobody can be handed it again
+        (its annotation records stay: they describe work that was done)."""
+        with self.db.transaction() as con:
+            con.execute("DELETE FROM leases WHERE image = ?", (image_id,))
+            con.execute("UPDATE last_assignments SET submitted = 1 WHERE image = ?", (image_id,))
+            con.execute("UPDATE scans SET entry = NULL, has_brain = 0, plan_key = NULL WHERE id = ?", (image_id,))
+            audit(con, actor, "image.forget", image_id)
+        self.catalog.forget(image_id)
+
     # ------------------------------------------------------------------ next sample
     def grant(
         self,
@@ -208,6 +219,7 @@ class AnnotationLedger:
                 )
             entry = PlanEntry.from_json(json.loads(row["entry"]))
             annotated = annotated_of(row)
+            needs_scores = by_uncertainty or cfg.selection in CLASS_SELECTIONS
             avail, basis = volume_capacity(entry, cfg, annotated)
             got = volume_assignments(
                 entry,
@@ -215,7 +227,7 @@ class AnnotationLedger:
                 min(cfg.quota(basis), avail, remaining),
                 annotated=annotated,
                 visit=int(row["visits"]),
-                scores=self.catalog.scores(con, entry.id) if by_uncertainty else None,
+                scores=self.catalog.scores(con, entry.id) if needs_scores else None,
                 assigned_to=client_id,
                 assigned_at=_iso(t),
             )

@@ -23,6 +23,7 @@ from strategies.annotate.settings import STRATEGY_KEYS, AppConfig
 from strategies.annotate.submission import ANONYMOUS
 from strategies.annotate.tags import BRAIN_MASK, ORIGINAL
 from strategies.plan.extents import PlanEntry
+from strategies.plan.selection import CLASS_SELECTIONS, SCORED_SELECTIONS
 from training.data.nifti import read_header
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,12 @@ class AnnotationService:
         settings = self.ledger.update_settings(edits, actor=client_id)
         cfg = budget_config(settings, selection)
         self.sync()
-        if cfg.selection == "uncertainty" or not self.catalog.all_have_brain_masks():
+        scored = cfg.selection in SCORED_SELECTIONS
+        if scored or cfg.selection in CLASS_SELECTIONS or not self.catalog.all_have_brain_masks():
             self.outputs.refresh(self.config.model_outputs_wait_seconds)
         self.catalog.ensure_plan(cfg)
-        by_uncertainty = cfg.selection == "uncertainty" and self.outputs.has_model() and self.catalog.has_scores(cfg)
-        if cfg.selection == "uncertainty" and not by_uncertainty:
+        by_uncertainty = scored and self.outputs.has_model() and self.catalog.has_scores(cfg)
+        if scored and not by_uncertainty:
             log.info("%s: no model scores yet, uncertainty falls back to equidistant slices", strategy)
             cfg = budget_config(settings, "equidistant")
         granted = self.ledger.grant(client_id, cfg, strategy, by_uncertainty=by_uncertainty,

@@ -60,7 +60,9 @@ def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_th
     for s in scans:
         out = outputs.latest(s)
         assert out.version == "v1" and out.label()[0].shape == SHAPE and out.entry.has_brain
-        assert set(out.scores) == {"sagittal", "coronal", "axial"}
+        # per axis: mean entropy per slice, and per class the entropy mass and voxel count (claspe, fgrandom)
+        assert set(out.scores) == {f"{ax}{suffix}" for ax in ("sagittal", "coronal", "axial")
+                                   for suffix in ("", "_class_entropy", "_class_voxels")}
     outputs.refresh(wait_s=30)
     assert len(pred.calls) == len(scans)  # nothing to redo for the same model
 

@@ -109,17 +109,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], suffix
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and labels are meant to be shared
         if durable:
-            _fsync(tmp)
+            fsync_path(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync(p.parent)
+        fsync_path(p.parent)
     return p
 
 
-def _fsync(path: str | os.PathLike) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file's (or a folder's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
