@@ -28,12 +28,14 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
-from neonatal_app.lib.auth import acting_client
+from neonatal_app.lib.auth import acting_client, require
 from neonatal_app.lib.trash import move_to_trash
 from strategies.annotate.intake import SubmissionIntake
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.submission import ANONYMOUS, SubmissionRejected
 from strategies.annotate.tags import FINAL, RESERVED
+from strategies.annotate.users import CONFIGURE
+from training.data.labels import IGNORE
 from training.data.nifti import NiftiError, Volume, atomic_write_text, load_volume, read_header, save_volume
 
 log = logging.getLogger(__name__)
@@ -277,6 +279,9 @@ class NeolabelDatastore(LocalDatastore):
             raise SubmissionRejected(f"unsupported label file {name!r}: upload a NIfTI file (.nii or .nii.gz)", 415)
         shape, affine = read_header(image)
         vol = self._read_upload(label_filename, shape)
+        if np.any(np.asarray(vol.data) == IGNORE):
+            # taken as is, without an assignment, newer winning: a bulk import, not an annotator's job
+            require(CONFIGURE, "a partial-label import (voxels of 255)")
         # logged in: the user is who submitted (the plugin's client id is only a device note); else the client id
         device = info.get("client_id") or info.get("user")
         client_id = acting_client(device) or ANONYMOUS

@@ -208,6 +208,12 @@ def test_roles_on_every_endpoint(local_server, make_model, oracle, painted, snap
 
     _reads(m, a, b)
     _annotation(m, a, app.ledger.settings(), painting)
+    partial = tmp_path / "partial.nii.gz"  # 255 = not annotated: a bulk import, taken as is, newer winning
+    ref_b = oracle(synth_root, b)
+    save_volume(partial, np.where(np.arange(ref_b.shape[2]) == 3, ref_b.data, 255).astype(np.uint8), ref_b.affine,
+                np.uint8)
+    m.check("PUT /datastore/label partial import (255)", "PUT", f"/datastore/label?image={b}",
+            _expect(admin=200), **_upload_label(partial))
     _administration(m, a, b, model_path(studies), garbage, models)
     print("\n" + m.report())
     assert not m.problems, "\n".join(m.problems) + "\n" + m.report()
