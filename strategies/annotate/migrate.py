@@ -9,6 +9,7 @@ on the next start, which is harmless because the import only runs on an empty da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -121,6 +122,8 @@ def import_state_json(db: AnnotationDB, path: str | Path) -> bool:
             f"{path}: unsupported state version {data.get('version') if isinstance(data, dict) else data!r}"
         )
     with db.transaction() as con:
+        if con.execute("SELECT COUNT(*) FROM settings WHERE key = 'imported_state_json'").fetchone()[0]:
+            return False  # another process (MONAI Label's training subprocess) imported it meanwhile
         if data.get("strategy"):
             put_json(con, "settings", "strategy", data["strategy"])
         put_json(con, "settings", "conf_applied", data.get("conf_applied") or {})
@@ -135,6 +138,7 @@ def import_state_json(db: AnnotationDB, path: str | Path) -> bool:
             )
         put_json(con, "settings", "imported_state_json", {"from": str(path)})
         audit(con, "server", "state.imported", str(path), {"images": len(data.get("images") or {})})
-    os.replace(path, path.with_name(path.name + ".imported"))
+    with contextlib.suppress(FileNotFoundError):  # renamed by a process that started at the same time
+        os.replace(path, path.with_name(path.name + ".imported"))
     log.info("imported the JSON annotation state %s into %s", path, db.path)
     return True
