@@ -189,13 +189,13 @@ class ScanCatalog:
                 )
                 if not row["has_brain"]:
                     put_json(con, "settings", "plan_order", None)  # a scan joins the planner's order
-            cfg = self._plan_cfg(con)
+            cfg = self.plan_cfg(con)
             if cfg is not None and row["plan_key"] == plan_key(cfg):
                 self.replan_scan(con, image_id, cfg, scores)
 
     # ------------------------------------------------------------------ plan columns
     @staticmethod
-    def _plan_cfg(con: sqlite3.Connection) -> BudgetConfig | None:
+    def plan_cfg(con: sqlite3.Connection) -> BudgetConfig | None:
         raw = get_json(con, "settings", "plan_cfg")
         return None if raw is None else BudgetConfig.from_json(raw)
 

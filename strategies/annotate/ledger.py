@@ -369,7 +369,7 @@ class AnnotationLedger:
         con.execute(
             "UPDATE last_assignments SET submitted = 1 WHERE image = ? AND client_id = ?", (image_id, client_id)
         )
-        cfg = self.catalog._plan_cfg(con)
+        cfg = self.catalog.plan_cfg(con)
         if cfg is not None:
             self.catalog.replan_scan(con, image_id, cfg)
 

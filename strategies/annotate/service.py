@@ -101,16 +101,6 @@ class AnnotationService:
             log.warning("%s: the served model's prediction failed; the original label shows a frame", image_id)
         return label
 
-    def scores(self, entries: list[PlanEntry]) -> dict[str, dict[str, np.ndarray]] | None:
-        """Per-slice predictive entropy of the scans a model has processed, the newest model's first."""
-        if not self.outputs.has_model():
-            return None
-        out = {}
-        for e in entries:
-            model = self.outputs.latest(e.id)
-            if model is not None:
-                out[e.id] = model.scores
-        return out or None
 
     # ------------------------------------------------------------------ next sample
     def next_sample(self, strategy: str, selection: str | None, request: Mapping[str, Any]) -> dict[str, Any]:
