@@ -35,13 +35,14 @@ from training.data.nifti import NiftiError, atomic_write, atomic_write_text, loa
 log = logging.getLogger(__name__)
 
 
-def outputs_from_probabilities(image_id: str, probs: np.ndarray,
-                               affine: np.ndarray) -> tuple[np.ndarray, PlanEntry, dict[str, np.ndarray]]:
+def outputs_from_probabilities(image_id: str, probs: np.ndarray, affine: np.ndarray,
+                               model_round: int = 0) -> tuple[np.ndarray, PlanEntry, dict[str, np.ndarray]]:
     """(label, plan entry with the predicted brain's slices, per-slice predictive entropy): what one
-    prediction tells the planner about a scan (the server's worker and the simulation's loop)."""
+    prediction tells the planner about a scan (the server's worker and the simulation's loop).
+    ``model_round``: the generation of the model (0 for the first), which sets claspe's noise schedule."""
     # argmax of the probabilities: /infer's argmax of the logits up to float ties
     label = np.argmax(probs, axis=0).astype(np.uint8)
-    scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)))
+    scores = slice_scores(probs, affine, mask=np.isin(label, np.asarray(BRAIN)), model_round=model_round)
     return label, entry_from_arrays(image_id, affine, label=label), scores
 
 
@@ -74,6 +75,7 @@ class ModelOutputs:
         busy: Callable[[], bool] | None = None,
         busy_poll_s: float = 5.0,
         on_computed: Callable[[str, str, PlanEntry, dict[str, np.ndarray]], None] | None = None,
+        model_round: Callable[[], int] | None = None,
     ) -> None:
         self.cache = Path(studies) / STATE_DIR / "cache"
         # while busy() (a retraining runs) the worker waits: it would compete for the cores / GPU memory
@@ -84,6 +86,7 @@ class ModelOutputs:
         self._image_ids = image_ids
         self._image_uri = image_uri
         self._on_computed = on_computed or (lambda *_: None)  # the catalog takes extents and scores from here
+        self._model_round = model_round or (lambda: 0)
         self._outputs: dict[str, ScanOutputs] = {}
         self._failed: dict[str, str] = {}  # image id → version whose prediction failed (not retried)
         self._lock = threading.Lock()  # the dicts above
@@ -204,7 +207,7 @@ class ModelOutputs:
                 return out  # done by another thread while this one waited
             try:
                 probs, affine = pred.predict_probabilities([self._image_uri(image_id)])
-                label, entry, scores = outputs_from_probabilities(image_id, probs, affine)
+                label, entry, scores = outputs_from_probabilities(image_id, probs, affine, self._model_round())
                 del probs
                 out = self._save(image_id, str(version), label, np.asarray(affine), entry, scores)
                 self._on_computed(image_id, str(version), entry, scores)

@@ -62,7 +62,8 @@ class AnnotationService:
         self.images = images
         self.outputs = ModelOutputs(self.studies, predictor or (lambda: None), model_version or (lambda: None),
                                     self._image_ids, images.get_image_uri, busy=busy,
-                                    on_computed=self.catalog.set_model_outputs)
+                                    on_computed=self.catalog.set_model_outputs,
+                                    model_round=ledger.models_published)
 
     def budget_status(self) -> dict[str, Any]:
         return self.ledger.budget_status(len(self.images.list_images()))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from strategies.annotate.model_outputs import ModelOutputs
+from strategies.plan.uncertainty import MODEL_ROUND
 from training.data.labels import NUM_CLASSES
 
 SHAPE = (12, 14, 10)
@@ -46,8 +47,9 @@ def scans():
     return [f"scan{i}" for i in range(4)]
 
 
-def make(tmp_path, scans, pred, version):
-    return ModelOutputs(tmp_path, lambda: pred, lambda: version[0], lambda: list(scans), lambda i: i)
+def make(tmp_path, scans, pred, version, model_round=lambda: 0):
+    return ModelOutputs(tmp_path, lambda: pred, lambda: version[0], lambda: list(scans), lambda i: i,
+                        model_round=model_round)
 
 
 def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_the_cache(tmp_path, scans):
@@ -62,7 +64,7 @@ def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_th
         assert out.version == "v1" and out.label()[0].shape == SHAPE and out.entry.has_brain
         # per axis: mean entropy per slice, and per class the entropy mass and voxel count (claspe, fgrandom)
         assert set(out.scores) == {f"{ax}{suffix}" for ax in ("sagittal", "coronal", "axial")
-                                   for suffix in ("", "_class_entropy", "_class_voxels")}
+                                   for suffix in ("", "_class_entropy", "_class_voxels")} | {MODEL_ROUND}
     outputs.refresh(wait_s=30)
     assert len(pred.calls) == len(scans)  # nothing to redo for the same model
 
@@ -97,6 +99,16 @@ def test_a_new_model_never_blocks_readers_who_get_the_previous_outputs_meanwhile
     assert outputs.pending() == []
     assert all(outputs.latest(s).version == "v2" for s in scans)
     assert not np.array_equal(outputs.latest(scans[0]).label()[0], old_label)
+
+
+def test_scores_carry_the_generation_of_the_model_that_made_them(tmp_path, scans):
+    """claspe's noise schedule reads the model's generation from the scores (server: published retrainings)."""
+    version, generation = ["v1"], [0]
+    outputs = make(tmp_path, scans, FakePredictor(version), version, model_round=lambda: generation[0])
+    assert int(outputs.current(scans[0]).scores[MODEL_ROUND]) == 0
+    version[0], generation[0] = "v2", 3
+    assert int(outputs.current(scans[0]).scores[MODEL_ROUND]) == 3
+    assert int(make(tmp_path, scans, FakePredictor(version), version).latest(scans[0]).scores[MODEL_ROUND]) == 3
 
 
 def test_current_computes_one_scan_now_and_a_failing_scan_stops_nothing(tmp_path, scans):
