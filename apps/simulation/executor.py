@@ -8,14 +8,15 @@ missing (an interrupted model also continues from its ``last.pt``).
 
 Scheduling is submitit's (``local`` processes, ``slurm`` array jobs with ``%array_parallelism``,
 ``debug`` = in this process through the same job path, for tests); the only logic here is the
-``--jobs`` cap on concurrent local processes, which submitit's local executor does not have.
+``--jobs`` cap on concurrent local processes, which submitit's local executor does not have, and which
+of the parent's GPUs each local job gets (:func:`parent_gpus`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,18 +115,24 @@ class ModelExecutor:
     log: Callable[[str], None] = print
     records: list[dict] = field(default_factory=list)
 
-    def executor(self) -> submitit.AutoExecutor:
-        """The submitit executor with this run's parameters (SLURM: partition, GPUs, time, array parallelism)."""
+    def executor(self) -> submitit.Executor:
+        """The submitit executor with this run's parameters (SLURM: partition, GPUs, time, array parallelism).
+
+        Local jobs get submitit's ``LocalExecutor`` itself: its per-job ``visible_gpus`` is not one of the
+        parameters ``AutoExecutor`` passes on."""
         s = self.settings
-        ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=s.kind)
+        folder = str(self.folder / "%j")
+        if s.kind == "local":
+            local = submitit.LocalExecutor(folder=folder)
+            local.update_parameters(timeout_min=_LOCAL_TIMEOUT_MIN)
+            return local
+        ex = submitit.AutoExecutor(folder=folder, cluster=s.kind)
         params: dict[str, Any] = {"name": "neolabel-sim"}
         if s.kind == "slurm":
             params.update(timeout_min=s.slurm_time_min, gpus_per_node=s.slurm_gpus_per_job,
                           cpus_per_task=s.slurm_cpus_per_job, slurm_array_parallelism=s.slurm_array_parallelism)
             if s.slurm_partition:
                 params["slurm_partition"] = s.slurm_partition
-        elif s.kind == "local":
-            params["timeout_min"] = _LOCAL_TIMEOUT_MIN
         ex.update_parameters(**params)
         return ex
 
@@ -161,17 +168,17 @@ class ModelExecutor:
 
     def _run_capped(self, tasks: Sequence[ModelTask], on_done: Callable[[int, dict], None],
                     failures: list[JobFailure]) -> None:
-        """Local processes, at most ``jobs`` at once (GPU ``slot % n_gpus`` each when the machine has GPUs)."""
+        """Local processes, at most ``jobs`` at once, each on one of the parent's GPUs (:func:`job_gpu`)."""
         ex, queue = self.executor(), list(range(len(tasks)))
         running: dict[int, _Slot] = {}
-        n_gpus = _visible_gpus()
+        gpus = parent_gpus()
         try:
             while queue or running:
                 for slot in range(self.settings.jobs):
                     if slot not in running and queue:
                         i = queue.pop(0)
-                        if n_gpus:
-                            ex.update_parameters(gpus_per_node=1, visible_gpus=(slot % n_gpus,))
+                        if gpus:
+                            ex.update_parameters(gpus_per_node=1, visible_gpus=(job_gpu(gpus, slot),))
                         job = ex.submit(_JobCall(tasks[i].fn, self._threads()))
                         job._results_timeout_s = 1  # submitit waits 15 s for a missing result (NFS); local disk
                         running[slot] = _Slot(i, job)
@@ -229,11 +236,37 @@ def _reason(exc: BaseException, job: Any) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _visible_gpus() -> int:
-    """GPUs for local jobs to share: ``CUDA_VISIBLE_DEVICES`` when set, else torch's count (0 on CPU)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return len([d for d in env.split(",") if d.strip()])
+def parent_gpus(environ: Mapping[str, str] | None = None) -> tuple[int, ...]:
+    """The GPU ids local jobs may use, as the ids the parent itself addresses them by.
+
+    submitit sets each job's ``CUDA_VISIBLE_DEVICES`` to the ids it is given, which the driver reads as
+    physical ids: with the parent restricted to ``2,5`` a job must get ``2`` or ``5``, not ``0`` or ``1``
+    (those would be GPUs outside the parent's share). Without the variable: torch's count, ``0..n-1``.
+    """
+    env = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return tuple(range(_torch_gpu_count()))
+    ids: list[int] = []
+    for entry in (e.strip() for e in env.split(",")):
+        if not entry:
+            continue
+        try:
+            gpu = int(entry)
+        except ValueError:
+            raise SimulationError(f"CUDA_VISIBLE_DEVICES={env!r}: local jobs need GPU indices (submitit passes "
+                                  "integers on to the jobs), not UUIDs or MIG names") from None
+        if gpu < 0:  # CUDA ignores an invalid id and everything after it
+            break
+        ids.append(gpu)
+    return tuple(ids)
+
+
+def job_gpu(gpus: Sequence[int], slot: int) -> int:
+    """The GPU of local job slot ``slot``: the slots take the parent's GPUs in turn."""
+    return gpus[slot % len(gpus)]
+
+
+def _torch_gpu_count() -> int:
     try:
         import torch  # deferred: the parent needs torch only to count GPUs
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -136,6 +136,189 @@ def _scores_for(checkpoint: Path, entries: Sequence[Any], pool: dict[str, Any], 
     return out
 
 
+@dataclass(frozen=True)
+class _Model:
+    """One model of the loop: the annotation state it trains on and where its result goes."""
+
+    name: str
+    seed: int
+    strategy: str
+    round_no: int
+    run_dir: Path
+    key: str
+    state: Any
+    init: Path | None
+    epochs: int
+
+
+@dataclass(frozen=True)
+class _ModelJob:
+    """Oracle labels → train → evaluate → result JSON for one :class:`_Model`; picklable, so it can run as a job."""
+
+    settings: LoopSettings
+    split: Split
+    by_id: dict[str, Any]
+    pool: dict[str, Any]
+    oracle: Oracle
+    train_settings: dict
+    train_fn: TrainFn
+    evaluate_fn: EvaluateFn
+    progress: bool
+
+    def run(self, model: _Model) -> dict:
+        per_image = state_assignments(model.state, model.strategy, self.by_id)
+        labels = {i: self.oracle.submit(i, asg) for i, asg in per_image.items()}
+        job_settings = dict(self.train_settings)
+        if prepare_model_dir(model.run_dir / "model", model.key):
+            job_settings["resume"] = True
+        job = TrainJob(name=model.name, seed=model.seed, subjects=[self.pool[i] for i in sorted(per_image)],
+                       partial_labels=labels, out_dir=model.run_dir / "model", epochs=model.epochs, init=model.init,
+                       settings=job_settings, progress=self.progress)
+        outcome = self.train_fn(job)
+        t1 = time.perf_counter()
+        scores = check_scores(self.evaluate_fn(outcome.checkpoint, list(self.split.test)))
+        res = {
+            "status": "done",
+            "key": model.key,
+            "mode": "loop",
+            "strategy": model.strategy,
+            "seed": model.seed,
+            "round": model.round_no,
+            "dispersion": self.settings.dispersion,
+            "axis": self.settings.axis,
+            "selection": model.strategy,
+            "margin": self.settings.margin,
+            "n_slices": int(model.state.spent),
+            "n_volumes": len(per_image),
+            "train_ids": sorted(per_image),
+            "test_ids": self.split.test_ids,
+            "epochs": model.epochs,
+            "init": None if model.init is None else str(model.init),
+            "train_seconds": round(float(outcome.seconds), 3),
+            "eval_seconds": round(time.perf_counter() - t1, 3),
+            "checkpoint": str(outcome.checkpoint),
+            "train_info": outcome.info,
+            "state": model.state.to_json(),
+            "scores": scores.to_json(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json(model.run_dir / "result.json", res)
+        return res
+
+
+@dataclass
+class _Loop:
+    """The loop's bookkeeping across seeds and strategies: stored results are reused, new ones are trained."""
+
+    settings: LoopSettings
+    out: Path
+    entries: Sequence[Any]
+    common: dict
+    job: _ModelJob
+    probabilities_fn: ProbabilitiesFn | None
+    class_counts: dict | None
+    executor: ModelExecutor | None
+    log: Callable[[str], None]
+    on_result: Callable[[list[dict]], None] | None
+    bar: Any
+    results: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def run_seed(self, seed: int) -> None:
+        """Round 0 (shared by every strategy of the seed), then each strategy's learning curve."""
+        r0, key0 = self.seed_set(seed)
+        self.bar.update(1)
+        self.results.extend({**r0, "strategy": st, "selection": st} for st in self.settings.strategies)
+        self._report()
+        for strategy in self.settings.strategies:
+            self.curve(strategy, seed, r0, key0)
+
+    def seed_set(self, seed: int) -> tuple[dict, str]:
+        """The equidistant seed set and its model from scratch; the result and its key."""
+        from strategies.plan.incremental import new_state
+
+        st = self.settings
+        state = new_state(_config(st, "equidistant", st.seed_slices, seed))
+        state, _ = annotate_until(state, self.entries, st.seed_slices, round_no=0)
+        if state.spent < st.seed_slices:
+            raise SimulationError(f"the pool holds only {state.spent} usable slices for a seed set of {st.seed_slices}")
+        key = settings_key({"loop": "seed", "seed": seed, "state": state.to_json(), "epochs": st.epochs,
+                            **self.common})
+        run_dir = self.out / "loop" / "_seed-set" / f"seed{seed}" / "round0"
+        label = f"seed set seed {seed}"
+        stored = read_result(run_dir / "result.json", key)
+        if stored is not None:
+            self.skipped.append(label)
+            return stored, key
+        self.bar.set_postfix_str(f"seed set, seed {seed}")
+        model = _Model("seed-set", seed, "seed-set", 0, run_dir, key, state, None, st.epochs)
+        return self._train(label, model), key
+
+    def curve(self, strategy: str, seed: int, r0: dict, key0: str) -> None:
+        """Rounds 1…n of one strategy, each warm-started from the previous round's model."""
+        res, key = r0, key0
+        for k in range(1, self.settings.rounds + 1):
+            got = self.round(strategy, seed, k, res, key)
+            if got is None:
+                return
+            res, key = got
+            self.results.append(res)
+            self.bar.update(1)
+            self._report()
+
+    def round(self, strategy: str, seed: int, k: int, prev: dict, prev_key: str) -> tuple[dict, str] | None:
+        """Round ``k``: the stored result, or score → select → annotate → train → evaluate; ``None`` once the
+        strategy finds no slice left to assign."""
+        st = self.settings
+        target = st.target(k)
+        run_dir = self.out / "loop" / strategy / f"seed{seed}" / f"round{k}"
+        # The key chains the previous round's key: a changed earlier round invalidates later ones.
+        key = settings_key({"loop": strategy, "seed": seed, "round": k, "prev": prev_key,
+                            "round_slices": target - st.target(k - 1), "round_epochs": st.round_epochs,
+                            **self.common})
+        label = f"{strategy} seed {seed} round {k}"
+        stored = read_result(run_dir / "result.json", key)
+        if stored is not None:
+            self.skipped.append(label)
+            return stored, key
+        self.bar.set_postfix_str(label)
+        prev_ckpt = Path(prev["checkpoint"])
+        scores = self._selection_scores(strategy, prev_ckpt, k)
+        state, got = annotate_until(_continued_state(prev, st, strategy, seed), self.entries, target, round_no=k,
+                                    scores=scores)
+        if not got:
+            self.log(f"{label}: no slices left to assign; stopping this strategy")
+            return None
+        res = self._train(label, _Model(strategy, seed, strategy, k, run_dir, key, state, prev_ckpt, st.round_epochs))
+        td = res["scores"]["tissue_dice"]
+        self.log(f"{label}: {res['n_slices']} slices, tissue Dice {td if td is None else round(td, 4)}, "
+                 f"train {res['train_seconds']:.0f} s")
+        return res, key
+
+    def _selection_scores(self, strategy: str, checkpoint: Path, k: int) -> dict | None:
+        """What the strategy selects by: the oracle's class counts, the previous model's uncertainty, or nothing."""
+        if strategy in SCORED_SELECTIONS:
+            if self.probabilities_fn is None:
+                raise SimulationError(f"the {strategy} strategy needs a probabilities function")
+            return _scores_for(checkpoint, self.entries, self.job.pool, self.probabilities_fn, self.job.oracle, k - 1)
+        return self.class_counts if strategy in CLASS_SELECTIONS else None
+
+    def _train(self, label: str, model: _Model) -> dict:
+        return run_one(self.executor, label, model.run_dir / "result.json", partial(self.job.run, model))
+
+    def _report(self) -> None:
+        if self.on_result is not None:
+            self.on_result(self.results)
+
+
+def _continued_state(res: dict, settings: LoopSettings, strategy: str, seed: int) -> Any:
+    """The annotation state after the model ``res``, planning on with ``strategy`` from there."""
+    from strategies.plan.incremental import AssignmentState
+
+    state = AssignmentState.from_json(res["state"])
+    return replace(state, config=_config(settings, strategy, state.spent, seed))
+
+
 def run_loop(
     settings: LoopSettings,
     *,
@@ -160,124 +343,17 @@ def run_loop(
     ``class_counts``: the oracle's per-class slice counts per pool scan (``fgrandom`` seeds on them)."""
     from tqdm.auto import tqdm
 
-    from strategies.plan.incremental import AssignmentState, new_state
-
     settings.check()
     if executor is not None:  # each round is one job (waited for): a fresh oracle keeps its cache out of the pickle
         oracle = Oracle(split.pool)
-    by_id = {e.id: e for e in entries}
-    pool = {s.id: s for s in split.pool}
-    results: list[dict] = []
-    skipped: list[str] = []
+    job = _ModelJob(settings, split, {e.id: e for e in entries}, {s.id: s for s in split.pool}, oracle,
+                    train_settings, train_fn, evaluate_fn, progress)
     total_models = len(seeds) * (1 + settings.rounds * len(settings.strategies))
     bar = tqdm(total=total_models, desc="loop", unit="model", disable=not progress, position=0)
-
-    def train_and_score(name: str, seed: int, run_dir: Path, state: Any, strategy: str, round_no: int,
-                        init: Path | None, epochs: int, key: str) -> dict:
-        per_image = state_assignments(state, strategy, by_id)
-        labels = {i: oracle.submit(i, asg) for i, asg in per_image.items()}
-        subjects = [pool[i] for i in sorted(per_image)]
-        job_settings = dict(train_settings)
-        if prepare_model_dir(run_dir / "model", key):
-            job_settings["resume"] = True
-        job = TrainJob(name=name, seed=seed, subjects=subjects, partial_labels=labels, out_dir=run_dir / "model",
-                       epochs=epochs, init=init, settings=job_settings, progress=progress)
-        outcome = train_fn(job)
-        t1 = time.perf_counter()
-        scores = check_scores(evaluate_fn(outcome.checkpoint, list(split.test)))
-        res = {
-            "status": "done",
-            "key": key,
-            "mode": "loop",
-            "strategy": strategy,
-            "seed": seed,
-            "round": round_no,
-            "dispersion": settings.dispersion,
-            "axis": settings.axis,
-            "selection": strategy,
-            "margin": settings.margin,
-            "n_slices": int(state.spent),
-            "n_volumes": len(per_image),
-            "train_ids": sorted(per_image),
-            "test_ids": split.test_ids,
-            "epochs": epochs,
-            "init": None if init is None else str(init),
-            "train_seconds": round(float(outcome.seconds), 3),
-            "eval_seconds": round(time.perf_counter() - t1, 3),
-            "checkpoint": str(outcome.checkpoint),
-            "train_info": outcome.info,
-            "state": state.to_json(),
-            "scores": scores.to_json(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json(run_dir / "result.json", res)
-        return res
-
+    loop = _Loop(settings, out, entries, common, job, probabilities_fn, class_counts, executor, log, on_result, bar)
     try:
         for seed in seeds:
-            # Round 0: shared seed set and model.
-            st0 = new_state(_config(settings, "equidistant", settings.seed_slices, seed))
-            st0, _ = annotate_until(st0, entries, settings.seed_slices, round_no=0)
-            if st0.spent < settings.seed_slices:
-                raise SimulationError(f"the pool holds only {st0.spent} usable slices for a seed set of "
-                                      f"{settings.seed_slices}")
-            key0 = settings_key({"loop": "seed", "seed": seed, "state": st0.to_json(), "epochs": settings.epochs,
-                                 **common})
-            dir0 = out / "loop" / "_seed-set" / f"seed{seed}" / "round0"
-            r0 = read_result(dir0 / "result.json", key0)
-            if r0 is None:
-                bar.set_postfix_str(f"seed set, seed {seed}")
-                r0 = run_one(executor, f"seed set seed {seed}", dir0 / "result.json", partial(
-                    train_and_score, "seed-set", seed, dir0, st0, "seed-set", 0, None, settings.epochs, key0))
-            else:
-                skipped.append(f"seed set seed {seed}")
-            bar.update(1)
-            for strategy in settings.strategies:
-                results.append({**r0, "strategy": strategy, "selection": strategy})
-            if on_result is not None:
-                on_result(results)
-            for strategy in settings.strategies:
-                state = AssignmentState.from_json(r0["state"])
-                state = replace(state, config=_config(settings, strategy, state.spent, seed))
-                prev_ckpt = Path(r0["checkpoint"])
-                prev_key = key0
-                for k in range(1, settings.rounds + 1):
-                    target = settings.target(k)
-                    run_dir = out / "loop" / strategy / f"seed{seed}" / f"round{k}"
-                    # The key chains the previous round's key: a changed earlier round invalidates later ones.
-                    key = settings_key({"loop": strategy, "seed": seed, "round": k, "prev": prev_key,
-                                        "round_slices": target - settings.target(k - 1),
-                                        "round_epochs": settings.round_epochs, **common})
-                    stored = read_result(run_dir / "result.json", key)
-                    label = f"{strategy} seed {seed} round {k}"
-                    if stored is not None:
-                        res = stored
-                        skipped.append(label)
-                    else:
-                        bar.set_postfix_str(label)
-                        scores = class_counts if strategy in CLASS_SELECTIONS else None
-                        if strategy in SCORED_SELECTIONS:
-                            if probabilities_fn is None:
-                                raise SimulationError(f"the {strategy} strategy needs a probabilities function")
-                            scores = _scores_for(prev_ckpt, entries, pool, probabilities_fn, oracle, k - 1)
-                        state, got = annotate_until(state, entries, target, round_no=k, scores=scores)
-                        if not got:
-                            log(f"{label}: no slices left to assign; stopping this strategy")
-                            break
-                        res = run_one(executor, label, run_dir / "result.json", partial(
-                            train_and_score, strategy, seed, run_dir, state, strategy, k, prev_ckpt,
-                            settings.round_epochs, key))
-                        td = res["scores"]["tissue_dice"]
-                        log(f"{label}: {res['n_slices']} slices, tissue Dice "
-                            f"{td if td is None else round(td, 4)}, train {res['train_seconds']:.0f} s")
-                    state = AssignmentState.from_json(res["state"])
-                    state = replace(state, config=_config(settings, strategy, state.spent, seed))
-                    prev_ckpt = Path(res["checkpoint"])
-                    prev_key = key
-                    results.append(res)
-                    bar.update(1)
-                    if on_result is not None:
-                        on_result(results)
+            loop.run_seed(seed)
     finally:
         bar.close()
-    return results, skipped
+    return loop.results, loop.skipped

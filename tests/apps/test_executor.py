@@ -22,7 +22,14 @@ from typer.testing import CliRunner
 from apps.simulation.backend import Scores, TrainOutcome
 from apps.simulation.config import SimulationConfig
 from apps.simulation.data import SimulationError
-from apps.simulation.executor import ExecutorSettings, JobsFailed, ModelExecutor, ModelTask
+from apps.simulation.executor import (
+    ExecutorSettings,
+    JobsFailed,
+    ModelExecutor,
+    ModelTask,
+    job_gpu,
+    parent_gpus,
+)
 from apps.simulation.run import run_simulation
 from training.data import labels as L
 
@@ -131,6 +138,29 @@ def test_debug_executor_runs_the_job_path_with_the_in_process_results(synth_root
     assert len(json.loads((tmp_path / "ldebug" / "jobs" / "jobs.json").read_text())) == 2
     with pytest.raises(SimulationError, match="--executor"):
         _cfg(tmp_path / "bad", synth_root, executor="kubernetes").check()
+
+
+def job_cuda_devices() -> dict:
+    return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_local_jobs_get_the_parents_gpu_ids_not_ordinals(tmp_path, by_value, monkeypatch):
+    """A parent limited to GPUs 2 and 5 must hand its jobs GPU 2 and GPU 5 (the ids are physical)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    ex = ModelExecutor(ExecutorSettings(kind="local", jobs=2, threads=1).check(), tmp_path / "jobs", log=lambda m: None)
+    got: dict[int, dict] = {}
+    ex.run([ModelTask(f"m{i}", tmp_path / f"r{i}.json", job_cuda_devices) for i in range(2)], got.__setitem__)
+    assert sorted(r["cuda"] for r in got.values()) == ["2", "5"]
+
+
+def test_parent_gpus_reads_cuda_visible_devices_as_ids():
+    assert parent_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}) == (2, 5)
+    assert parent_gpus({"CUDA_VISIBLE_DEVICES": " 3 , 1,"}) == (3, 1)
+    assert parent_gpus({"CUDA_VISIBLE_DEVICES": ""}) == ()  # hidden GPUs: jobs run on the CPU
+    assert parent_gpus({"CUDA_VISIBLE_DEVICES": "4,-1,6"}) == (4,)  # CUDA stops at an invalid id
+    assert [job_gpu((2, 5), slot) for slot in range(5)] == [2, 5, 2, 5, 2]
+    with pytest.raises(SimulationError, match="GPU indices"):
+        parent_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f6e1c2a-0000-1111-2222-333344445555"})
 
 
 def _fake_slurm(bin_dir: Path, capture: Path) -> None:

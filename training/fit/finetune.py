@@ -181,9 +181,15 @@ def copy_without_training(init: str | os.PathLike, out_dir: str | os.PathLike, t
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"source_metrics": ck.metrics, "trained_epochs": 0}
     tc = {**train_config, "freeze": "none", "init": str(init)}
-    last, best = out / "last.pt", out / "best.pt"
-    for p in (last, best):
+    result = untrained_result(out)
+    for p in (result.last_path, result.best_path):
         save_checkpoint(p, ck.model, network=ck.network, preprocess=ck.preprocess, train_config=tc, epoch=0,
                         metrics=metrics)
-    return TrainResult(out_dir=out, best_path=best, last_path=last, epochs_completed=0, best_metric=None,
-                       history=[], n_train=0, stopped_early=False)
+    return result
+
+
+def untrained_result(out_dir: str | os.PathLike) -> TrainResult:
+    """What :func:`copy_without_training` returns, also for the DDP ranks that leave the copy to rank 0."""
+    out = Path(out_dir)
+    return TrainResult(out_dir=out, best_path=out / "best.pt", last_path=out / "last.pt", epochs_completed=0,
+                       best_metric=None, history=[], n_train=0, stopped_early=False)

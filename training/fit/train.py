@@ -54,7 +54,13 @@ from training.data.preprocess import PreprocessConfig, preprocess_subject
 from training.fit import distributed
 from training.fit.age import DEFAULT_AGE_WEIGHT, AgeTraining
 from training.fit.augment import AugmentConfig, build_augmentations
-from training.fit.finetune import FreezeReport, copy_without_training, prepare_finetune, trainable_parameters
+from training.fit.finetune import (
+    FreezeReport,
+    copy_without_training,
+    prepare_finetune,
+    trainable_parameters,
+    untrained_result,
+)
 from training.fit.freeze import FreezeError, check_level
 from training.fit.loss import MaskedDiceCELoss
 from training.fit.result import TrainResult
@@ -470,9 +476,7 @@ class Trainer:
         """Run the epochs (stopping early on ``callback`` or ``time_limit_s``); freeze level ``none``
         publishes ``init`` unchanged instead. Torch's global settings are restored afterwards."""
         if self.cfg.freeze == "none":  # transfer level "no fine-tuning": publish the init checkpoint as it is
-            if self.init is None:
-                raise TrainError("freeze level 'none' needs an init checkpoint")
-            return copy_without_training(self.init, self.out, self.cfg.to_dict())
+            return self._publish_init()
         with _torch_state_restored():
             self.setup()
             try:
@@ -488,6 +492,26 @@ class Trainer:
         return TrainResult(out_dir=self.out, best_path=self.best_path, last_path=self.last_path,
                            epochs_completed=int(done), best_metric=self.best_metric, history=self.history,
                            n_train=len(self.train_ids), stopped_early=stopped)
+
+    def _publish_init(self) -> TrainResult:
+        """Freeze level ``none``: rank 0 alone writes ``init`` as the run's checkpoints (like every other file
+        of a run); the other ranks wait for it, so the result they return names files that exist."""
+        if self.init is None:
+            raise TrainError("freeze level 'none' needs an init checkpoint")
+        self.dist, device = distributed.init_from_env(_device(self.cfg))
+        error: Exception | None = None
+        if self.dist.is_main:
+            try:
+                copy_without_training(self.init, self.out, self.cfg.to_dict())
+            except Exception as exc:  # tell the waiting ranks, then raise it here
+                error = exc
+        copied = distributed.broadcast_flag(error is None, self.dist, device)
+        distributed.shutdown(self.dist)
+        if error is not None:
+            raise error
+        if not copied:
+            raise TrainError("rank 0 could not publish the init checkpoint (freeze level 'none'); see its log")
+        return untrained_result(self.out)
 
     def _epochs(self) -> bool:
         """The epoch loop; True when it stopped early. Decisions to stop are rank 0's (the same epochs everywhere)."""

@@ -158,3 +158,58 @@ def test_train_distributed_runs_two_ranks_from_python(synth_dataset, tmp_path):
     res = train_distributed(2, cfg, subjects, tmp_path / "run", partial_labels={s.id: s.label for s in subjects})
     assert res.epochs_completed == 1 and res.n_train == 3 and res.best_path.is_file()
     assert load_checkpoint(res.last_path).train_config["world_size"] == 2
+
+
+# One rank of the freeze-level-"none" test: counts who writes the init checkpoint, first from a missing
+# init (rank 0 fails: every rank must raise, none may hang), then from a real one.
+PUBLISH_WORKER = """
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+import training.fit.train as T
+
+init, out = Path(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo")
+rank, calls = dist.get_rank(), []
+copy = T.copy_without_training
+T.copy_without_training = lambda *a, **k: calls.append(rank) or copy(*a, **k)
+cfg = T.TrainConfig(preset="tiny", freeze="none", device="cpu", tensorboard=False)
+try:
+    T.Trainer(cfg, [], out / "bad", init=out / "missing.pt", progress=False).fit()
+    failed = None
+except Exception as exc:
+    failed = type(exc).__name__
+res = T.Trainer(cfg, [], out / "run", init=init, progress=False).fit()
+record = {"calls": calls, "failed": failed, "files": res.best_path.is_file() and res.last_path.is_file(),
+          "epochs": res.epochs_completed}
+(out / f"rank{rank}.json").write_text(json.dumps(record))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_freeze_none_is_published_by_rank_0_only_and_every_rank_returns_after_it(tmp_path):
+    from training.data.preprocess import PreprocessConfig
+    from training.model.checkpoint import load_checkpoint, save_checkpoint
+    from training.model.network import build_network, network_config
+
+    net_cfg = network_config("tiny")
+    init = save_checkpoint(tmp_path / "init.pt", build_network(net_cfg), network=net_cfg,
+                           preprocess=PreprocessConfig(), train_config={}, epoch=3, metrics={})
+    script = tmp_path / "publish.py"
+    script.write_text(PUBLISH_WORKER)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), str(init), str(tmp_path)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["calls"] for r in ranks] == [[0, 0], []]  # both attempts written by rank 0 alone
+    assert [r["failed"] for r in ranks] == ["CheckpointError", "TrainError"]
+    assert all(r["files"] and r["epochs"] == 0 for r in ranks)
+    ck, src = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(init)
+    assert ck.epoch == 0 and ck.train_config["freeze"] == "none"
+    assert all(torch.equal(ck.raw["state_dict"][k], v) for k, v in src.raw["state_dict"].items())
