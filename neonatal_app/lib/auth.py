@@ -9,7 +9,9 @@ token, 403 for a role) therefore changes nothing. MONAI Label's own auth
 decides from the matched route (``scope["route"]``) and :data:`POLICY` (a route missing from it
 needs the admin's capability). MONAI Label's ``/auth`` router (Keycloak only, broken with PyJWT 2)
 is replaced by ours: ``GET /auth/`` (404 when auth is off: what the Slicer plugin expects),
-``POST /auth/token`` (form fields username/password) and ``GET /auth/token/valid``.
+``POST /auth/token`` (form fields username/password) and ``GET /auth/token/valid``. Failed logins are
+limited per user name and per client address (:class:`LoginThrottle`: past the limit, 429 with
+``Retry-After``, the password not even checked), so passwords cannot be guessed at argon2's speed.
 
 The guard leaves the caller's :class:`Identity` in a context variable; the adapters read it
 (:func:`acting_client`): with auth on, leases, submissions and the audit trail are keyed by the user
@@ -25,8 +27,11 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import logging
+import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -97,6 +102,10 @@ MONAI_ROLE = {  # ours → MONAI Label's role names (what endpoints receive in `
     ANNOTATOR: settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR,
     USER: settings.MONAI_LABEL_AUTH_ROLE_USER,
 }
+
+LOGIN_WINDOW_S = 300.0
+LOGIN_FAILURES_PER_NAME = 5  # in LOGIN_WINDOW_S, then that name waits
+LOGIN_FAILURES_PER_PEER = 20  # from one address, whatever the names (a proxy in front: everyone behind it)
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("neolabel_identity", default=None)
 _peer: contextvars.ContextVar[str | None] = contextvars.ContextVar("neolabel_peer", default=None)
@@ -173,6 +182,62 @@ class DownloadGrants:
         return name if until > time.monotonic() else None
 
 
+class LoginThrottle:
+    """Failed logins in a sliding window per user name and per client address, kept in memory.
+
+    An attempt counts as failed from the moment it is admitted until it turns out otherwise, so parallel guesses
+    cannot all slip in while argon2 runs; a successful login also clears its name's failures.
+    """
+
+    def __init__(self, per_name: int = LOGIN_FAILURES_PER_NAME, per_peer: int = LOGIN_FAILURES_PER_PEER,
+                 window_s: float = LOGIN_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_name, self.per_peer, self.window_s, self.clock = per_name, per_peer, window_s, clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = {}
+
+    @staticmethod
+    def _name_key(name: str) -> str:
+        return f"name:{name.lower()[:128]}"
+
+    def _limits(self, name: str, peer: str | None) -> dict[str, int]:
+        keys = {self._name_key(name): self.per_name}
+        if peer:
+            keys[f"peer:{peer}"] = self.per_peer
+        return keys
+
+    def admit(self, name: str, peer: str | None) -> tuple[float, int]:
+        """(when the attempt was counted, 0) if it may go ahead; (0, seconds to wait) past a limit."""
+        with self._lock:
+            now = self.clock()
+            if len(self._failures) > 10_000:  # made-up names from many addresses: forget the expired ones
+                self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s}
+            wait = 0.0
+            for key, limit in self._limits(name, peer).items():
+                seen = self._failures.get(key, deque())
+                while seen and seen[0] <= now - self.window_s:
+                    seen.popleft()
+                if len(seen) >= limit:
+                    wait = max(wait, seen[len(seen) - limit] + self.window_s - now)
+            if wait > 0:
+                return 0.0, max(1, math.ceil(wait))
+            for key in self._limits(name, peer):
+                self._failures.setdefault(key, deque()).append(now)
+            return now, 0
+
+    def settle(self, name: str, peer: str | None, at: float, status: int) -> None:
+        """The attempt admitted ``at`` was answered ``status``: 401 (wrong password) stays counted, anything else
+        (200, the realm down) is taken back, and a success clears the name's failures."""
+        if status == 401:
+            return
+        with self._lock:
+            for key in self._limits(name, peer):
+                seen = self._failures.get(key)
+                if seen is not None and at in seen:
+                    seen.remove(at)
+            if status == 200:
+                self._failures.pop(self._name_key(name), None)
+
+
 class Gate:
     """The server's current way in (swapped by :func:`install` whenever MONAI Label builds the app)."""
 
@@ -184,6 +249,7 @@ class Gate:
         self.realm = ""
         self.client_id = ""
         self.grants = DownloadGrants()
+        self.logins = LoginThrottle()
 
     @property
     def mode(self) -> str:
@@ -198,6 +264,7 @@ class Gate:
         self.realm = config.auth_realm_url if config.auth == "oidc" else config.auth
         self.client_id = config.auth_client_id
         self.grants = DownloadGrants()
+        self.logins = LoginThrottle()
 
     # ------------------------------------------------------------------ the dependency every endpoint gets
     async def guard(self, request: Request) -> User:
@@ -301,14 +368,26 @@ async def auth_enabled() -> dict[str, Any]:
 
 
 @router.post("/token", summary="Log in (form fields username, password): a short-lived bearer token")
-async def access_token(form: OAuth2PasswordRequestForm = Depends()) -> dict[str, Any]:
+async def access_token(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> dict[str, Any]:
     authority = _auth_on()
+    peer = request.client.host if request.client else None
+    at, wait = GATE.logins.admit(form.username, peer)
+    if wait:
+        log.info("login of %r from %s refused: too many failed logins", form.username, peer)
+        raise HTTPException(429, f"too many failed logins for this user name or from this address: try again in "
+                                 f"{wait} s", headers={"Retry-After": str(wait)})
+    status = 500
     try:  # argon2 and the realm's token endpoint are slow: not on the event loop
-        return await run_in_threadpool(authority.login, form.username, form.password)
+        token = await run_in_threadpool(authority.login, form.username, form.password)
+        status = 200
+        return token
     except AuthError as exc:
+        status = exc.status
         log.info("login refused for %r: %s", form.username, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, str(exc), headers=headers) from None
+    finally:
+        GATE.logins.settle(form.username, peer, at, status)
 
 
 @router.get("/token/valid", summary="Is the bearer token valid (200 with the user, else 401)")

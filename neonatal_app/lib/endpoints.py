@@ -9,10 +9,13 @@ answers; every one depends on ``get_current_user`` and so passes the same guard 
   published with ``os.replace``.
 * ``DELETE /model/{model}``: the model file is kept under ``model/previous/`` (not served any more).
 * ``POST /reload``: MONAI Label's, admin only (it has no role check at all).
+* ``POST /train/{model}``, ``POST /train/`` and ``DELETE /train/``: MONAI Label's, audited
+  (``train.start``, ``train.stop``: who, which model, which task); an unknown model is a 404 (MONAI
+  Label: 500, or a task that fails in the background).
 * ``GET /neolabel/users`` (admin), ``/neolabel/assignments`` (annotators their own open ones,
   reviewers everyone's), ``/neolabel/submissions`` and ``.../{id}/file`` (reviewers: every raw
   submission), ``/neolabel/trash`` (admin: what deletions moved away).
-Model changes are audited with the user who made them.
+Model changes and training starts and stops are audited with the user who made them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, UploadFile
 from fastapi.responses import FileResponse
+from monailabel.endpoints import train as monai_train
 from monailabel.endpoints.user.auth import User, get_current_user
 from monailabel.interfaces.utils.app import app_instance, clear_cache
 
-from neonatal_app.lib.auth import GATE, current_identity, prepend_router
+from neonatal_app.lib.auth import GATE, acting_client, current_identity, prepend_router
 from neonatal_app.lib.trainers.segmentation import ModelRefused, replace_model, retire_model
 from neonatal_app.lib.trash import list_trash
 from strategies.annotate.db import audit
@@ -45,10 +49,10 @@ def _model_path(model: str) -> Path:
     return Path(path)
 
 
-def _audit(action: str, target: str, detail: dict[str, Any]) -> None:
-    ident = current_identity()
+def _audit(action: str, target: str | None, detail: dict[str, Any], client_id: Any = None) -> None:
+    """Under the logged-in user; without logins under the plugin's client id where the request names one."""
     with app_instance().db.transaction() as con:
-        audit(con, (ident.name if ident else None) or "anonymous", action, target, detail)
+        audit(con, acting_client(client_id) or "anonymous", action, target, detail)
 
 
 def _studies_rel(path: Path | None) -> str | None:
@@ -88,6 +92,45 @@ async def delete_model(model: str, user: User = Depends(get_current_user)) -> di
 def reload(user: User = Depends(get_current_user)) -> dict[str, Any]:
     clear_cache()
     return {}
+
+
+def _trainer(model: str) -> str:
+    trainers = app_instance().info()["trainers"]
+    if model not in trainers:
+        raise HTTPException(404, f"unknown model {model!r}; models that train: {', '.join(sorted(trainers))}")
+    return model
+
+
+def _audit_start(model: str, task: Any, params: dict | None, run_sync: bool, enqueue: bool) -> None:
+    task_id = task.get("id") if isinstance(task, dict) else None
+    _audit("train.start", model, {"task": task_id, "params": params or {}, "run_sync": run_sync, "enqueue": enqueue},
+           (params or {}).get("client_id"))
+
+
+@router.post("/train/{model}", summary="Train a model (admin); the start is audited")
+async def train_model(model: str, params: dict | None = None, run_sync: bool = False, enqueue: bool = False,
+                      user: User = Depends(get_current_user)) -> Any:
+    task = monai_train.run_model(_trainer(model), params, run_sync, enqueue)  # 429 when one runs already
+    _audit_start(model, task, params, run_sync, enqueue)
+    return task
+
+
+@router.post("/train/", include_in_schema=False)
+async def train_all(params: dict | None = None, run_sync: bool = False,
+                    user: User = Depends(get_current_user)) -> dict[str, Any]:
+    result = monai_train.run(params, run_sync)
+    for model, answer in result.items():
+        if answer["result"] is not None:
+            _audit_start(model, answer["result"], params, run_sync, True)
+    return result
+
+
+@router.delete("/train/", summary="Stop the running training (admin); the stop is audited")
+async def train_stop(user: User = Depends(get_current_user)) -> Any:
+    task = monai_train.stop()
+    if task is not None:  # None: nothing ran, nothing changed
+        _audit("train.stop", task.get("request", {}).get("model"), {"task": task.get("id")})
+    return task
 
 
 @router.get("/neolabel/users", summary="Built-in users and their roles (admin)")

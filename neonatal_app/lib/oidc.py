@@ -4,10 +4,14 @@ The realm is named by its URL (``--conf auth_realm_url https://HOST/realms/NAME`
 ``.well-known/openid-configuration`` gives the issuer, the token endpoint and the JWKS address. Every
 token is checked here against the realm's published keys, with the accepted ``algorithms`` (public-key
 ones only), ``exp``, ``aud`` and ``iss`` — what MONAI Label 0.8.5's own check skips. Keys are cached
-and fetched again when a token names a key id (``kid``) the cache lacks (the realm rotated its keys);
-such forced refreshes are rate-limited, so tokens with made-up key ids cannot turn the server into a
-flood of requests to the realm. Roles come from ``realm_access.roles``
-(``strategies.annotate.users.identity_from_claims``).
+and fetched again when a token names a key id (``kid``) the cache lacks (the realm rotated its keys).
+The realm is asked for its keys at most once per ``min_refresh_s``, however the last fetch ended, and a
+failed discovery is retried no more often: neither tokens with made-up key ids nor a realm that is down
+or publishes no signing keys turn every request into a request to the realm (a rotation is seen at most
+``min_refresh_s`` late). PyJWT's ``PyJWKClient`` is not used: its cooldown starts only at a successful
+fetch, so an unreachable or keyless realm is asked again at every request, and its key set expires
+after a lifespan, so a short realm outage would refuse tokens signed with keys already in hand. Roles
+come from ``realm_access.roles`` (``strategies.annotate.users.identity_from_claims``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class OidcRealm:
         self._lock = threading.RLock()  # discovery is fetched from inside the key refresh
         self._config: dict[str, Any] | None = None
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._last_forced = float("-inf")
+        self._last_fetch = {"discovery": float("-inf"), "keys": float("-inf")}  # time.monotonic() of the last try
+        self._failed = {"discovery": "", "keys": ""}  # why the last try failed
 
     # ------------------------------------------------------------------ HTTP to the realm
     def _get_json(self, url: str, data: dict[str, str] | None = None) -> dict[str, Any]:
@@ -61,45 +66,66 @@ class OidcRealm:
         """The realm's discovery document (fetched once; its issuer must be the configured realm)."""
         with self._lock:
             if self._config is None:
+                if not self._may_fetch("discovery"):
+                    raise AuthError(f"OIDC realm {self.realm_url} unavailable ({self._failed['discovery']}); "
+                                    f"{self._next_try('discovery')}", 503)
                 try:
-                    cfg = self._get_json(f"{self.realm_url}/.well-known/openid-configuration")
-                except (OSError, ValueError) as exc:
-                    raise AuthError(f"OIDC realm {self.realm_url} unreachable: {exc}", 503) from None
-                if str(cfg.get("issuer", "")).rstrip("/") != self.realm_url:
-                    raise AuthError(f"OIDC realm {self.realm_url} names another issuer ({cfg.get('issuer')!r})", 503)
-                if not cfg.get("token_endpoint") or not cfg.get("jwks_uri"):
-                    raise AuthError(f"OIDC realm {self.realm_url}: discovery lacks token_endpoint or jwks_uri", 503)
-                self._config = cfg
+                    self._config = self._discover()
+                except AuthError as exc:
+                    self._failed["discovery"] = str(exc)
+                    raise
             return self._config
 
+    def _discover(self) -> dict[str, Any]:
+        try:
+            cfg = self._get_json(f"{self.realm_url}/.well-known/openid-configuration")
+        except (OSError, ValueError) as exc:
+            raise AuthError(f"OIDC realm {self.realm_url} unreachable: {exc}", 503) from None
+        if str(cfg.get("issuer", "")).rstrip("/") != self.realm_url:
+            raise AuthError(f"OIDC realm {self.realm_url} names another issuer ({cfg.get('issuer')!r})", 503)
+        if not cfg.get("token_endpoint") or not cfg.get("jwks_uri"):
+            raise AuthError(f"OIDC realm {self.realm_url}: discovery lacks token_endpoint or jwks_uri", 503)
+        return cfg
+
+    def _may_fetch(self, what: str) -> bool:
+        """Whether the realm may be asked for ``what`` now; if so, the next ``min_refresh_s`` are taken."""
+        now = time.monotonic()
+        if now - self._last_fetch[what] < self.min_refresh_s:
+            return False
+        self._last_fetch[what] = now
+        return True
+
+    def _next_try(self, what: str) -> str:
+        return f"next try in {max(0.0, self._last_fetch[what] + self.min_refresh_s - time.monotonic()):.0f} s"
+
     def _refresh_keys(self) -> None:
+        """Replace the cached keys by the realm's; a failed fetch keeps those in hand (valid tokens still pass)."""
         try:
             jwks = self._get_json(self.configuration()["jwks_uri"])
             keys = jwt.PyJWKSet.from_dict(jwks).keys
         except (OSError, ValueError, jwt.PyJWKSetError) as exc:
+            self._failed["keys"] = str(exc)
             raise AuthError(f"OIDC realm keys unavailable: {exc}", 503) from None
         self._keys = {k.key_id: k for k in keys if k.key_id and getattr(k, "public_key_use", None) in (None, "sig")}
+        self._failed["keys"] = "" if self._keys else "the realm publishes no signing keys"
         log.info("OIDC realm %s: %d signing key(s)", self.realm_url, len(self._keys))
 
     def _key(self, kid: str | None) -> jwt.PyJWK:
         if not kid:
             raise AuthError("token names no signing key (kid)", 401)
-        with self._lock:
-            known = self._keys.get(kid)
+        known = self._keys.get(kid)  # the dict is replaced whole, never changed: no lock for a cache hit
+        if known is None:
+            with self._lock:
+                known = self._keys.get(kid)
+                if known is None and self._may_fetch("keys"):
+                    self._refresh_keys()
+                    known = self._keys.get(kid)
         if known is not None:
             return known
-        self.configuration()
-        with self._lock:
-            now = time.monotonic()
-            first = not self._keys
-            if kid not in self._keys and (first or now - self._last_forced >= self.min_refresh_s):
-                if not first:
-                    self._last_forced = now
-                self._refresh_keys()
-            known = self._keys.get(kid)
-        if known is None:
-            raise AuthError("token signed with a key the realm does not publish", 401)
-        return known
+        if not self._keys:
+            raise AuthError(f"OIDC realm keys unavailable ({self._failed['keys']}); {self._next_try('keys')}", 503)
+        raise AuthError(f"token signed with a key the realm does not publish (its keys are fetched again at most "
+                        f"every {self.min_refresh_s:g} s)", 401)
 
     # ------------------------------------------------------------------ the two operations
     def login(self, username: str, password: str) -> dict[str, Any]:

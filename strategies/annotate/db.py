@@ -5,13 +5,15 @@ append-only audit trail; label volumes stay NIfTI files and a row points at a fi
 file is durable. WAL mode lets the server, MONAI Label's training subprocess and readers work at
 once; every request is one ``BEGIN IMMEDIATE`` transaction (writers queue on ``busy_timeout``
 instead of failing); ``synchronous=FULL`` so an acknowledged commit survives a kill -9 and a power
-cut. The schema is versioned (``PRAGMA user_version``) and upgraded by numbered migrations.
+cut. The schema is versioned (``PRAGMA user_version``) and upgraded by numbered migrations. It holds
+password hashes, so the file is its owner's only (0600; SQLite gives ``-wal`` and ``-shm`` the same mode).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -130,6 +132,7 @@ class AnnotationDB:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(self.path)
         self._local = threading.local()
         with self.transaction() as con:
             self._migrate(con)
@@ -187,6 +190,18 @@ class AnnotationDB:
         if con is not None:
             con.close()
             self._local.con = None
+
+
+def _owner_only(path: Path) -> None:
+    """Create the database 0600 before SQLite does (it would follow the umask, usually 0644) and tighten the files
+    of an older neolabel that this user owns: the users table's argon2 hashes are not for other accounts."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            st = p.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(p, 0o600)
 
 
 def _statements(script: str) -> list[str]:

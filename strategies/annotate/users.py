@@ -9,7 +9,8 @@ and one idea of *who* is asking, an :class:`Identity`:
   :class:`LocalTokens`, signed with a secret generated once per study set
   (``.neolabel/auth/jwt-secret``, mode 0600). The role is read from the table at every check, and a
   token names the ``token_version`` it was issued for, so a removed user or a changed password stops
-  old tokens at once.
+  old tokens at once. A removed user's next version is kept (``counters``), so adding the name again
+  does not bring its old tokens back.
 * an OIDC/Keycloak realm: its tokens are verified in ``neonatal_app/lib/oidc.py`` (keys over HTTP);
   :func:`identity_from_claims` turns their claims into the same :class:`Identity`.
 
@@ -31,7 +32,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from strategies.annotate.db import AnnotationDB, audit
+from strategies.annotate.db import AnnotationDB, add_counter, audit, counter
 from strategies.annotate.state import STATE_DIR, now_iso
 
 ADMIN, REVIEWER, ANNOTATOR, USER = "admin", "reviewer", "annotator", "user"
@@ -62,6 +63,7 @@ TOKEN_ALGORITHM = "HS256"
 TOKEN_AUDIENCE = "neolabel"
 TOKEN_ISSUER = "neolabel"
 SECRET_BYTES = 64
+NEXT_VERSION = "users.next_token_version:"  # + name: the counter a removal leaves (tokens never revive)
 
 
 def auth_dir(studies: str | Path) -> Path:
@@ -138,15 +140,20 @@ class UserStore:
             if con.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise UserError(f"user {name!r} exists already (`neolabel users passwd` changes a password)")
             con.execute(
-                "INSERT INTO users (name, role, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (name, role, digest, now, now),
+                "INSERT INTO users (name, role, password_hash, token_version, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, role, digest, counter(con, NEXT_VERSION + name), now, now),
             )
             audit(con, actor, "user.add", name, {"role": role})
 
     def remove(self, name: str, actor: str = "cli") -> None:
+        """Delete the user; the next token version stays behind, so a re-added name starts past every old token."""
         with self.db.transaction() as con:
-            if con.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+            row = con.execute("SELECT token_version FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise UserError(f"no user {name!r}")
+            con.execute("DELETE FROM users WHERE name = ?", (name,))
+            add_counter(con, NEXT_VERSION + name, int(row["token_version"]) + 1, reset=True)
             audit(con, actor, "user.remove", name)
 
     def set_password(self, name: str, password: str, actor: str = "cli") -> None:
@@ -279,7 +286,7 @@ class LocalAuthority:
             raise AuthError(f"user {name!r} no longer exists", 401)
         role, version = found
         if claims.get("ver") != version:
-            raise AuthError("token revoked (password changed): log in again", 401)
+            raise AuthError("token revoked (password changed or user removed): log in again", 401)
         return Identity(name, frozenset({role}), self.source)
 
 

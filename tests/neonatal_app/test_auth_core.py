@@ -98,6 +98,56 @@ def test_tokens_expire_are_bound_to_audience_issuer_key_and_version(authority):
         authority.identify(fresh)
 
 
+def test_a_removed_users_tokens_stay_dead_when_the_name_is_added_again(authority):
+    authority.users.add("alice", ANNOTATOR, "correct horse")
+    before = authority.login("alice", "correct horse")["access_token"]
+    authority.users.remove("alice")
+    authority.users.add("alice", ADMIN, "battery staple")  # same name, another person perhaps, now an admin
+    with pytest.raises(AuthError, match="revoked"):
+        authority.identify(before)
+    after = authority.login("alice", "battery staple")["access_token"]
+    assert authority.identify(after).roles == {ADMIN}
+    authority.users.set_password("alice", "third password")
+    authority.users.remove("alice")
+    authority.users.add("alice", ANNOTATOR, "correct horse")
+    for old in (before, after):
+        with pytest.raises(AuthError, match="revoked"):
+            authority.identify(old)
+
+
+def test_failed_logins_are_limited_per_name_and_per_address():
+    from neonatal_app.lib.auth import LoginThrottle
+
+    now = [1000.0]
+    throttle = LoginThrottle(per_name=3, per_peer=5, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        at, wait = throttle.admit("Alice", "10.0.0.1")
+        assert wait == 0
+        throttle.settle("Alice", "10.0.0.1", at, 401)
+        now[0] += 1
+    assert throttle.admit("alice", "10.0.0.2") == (0.0, 57)  # the name (any case, any address) waits
+    at, wait = throttle.admit("bob", "10.0.0.1")
+    assert wait == 0
+    throttle.settle("bob", "10.0.0.1", at, 200)  # a success is not a failure of the address
+    at, _ = throttle.admit("carol", "10.0.0.1")
+    throttle.settle("carol", "10.0.0.1", at, 503)  # the realm down: not the caller's failure
+    for name in ("dave", "erin"):
+        at, wait = throttle.admit(name, "10.0.0.1")
+        assert wait == 0
+        throttle.settle(name, "10.0.0.1", at, 401)
+    assert throttle.admit("frank", "10.0.0.1")[1] > 0  # five failures from this address
+    assert throttle.admit("frank", "10.0.0.3")[1] == 0
+    now[0] += 60
+    assert throttle.admit("alice", "10.0.0.2")[1] == 0  # the window has passed
+
+    parallel = LoginThrottle(per_name=2, clock=lambda: now[0])  # attempts count before their password is checked
+    assert [parallel.admit("gina", None)[1] == 0 for _ in range(4)] == [True, True, False, False]
+    ok = LoginThrottle(per_name=2, clock=lambda: now[0])
+    ok.settle("hank", None, ok.admit("hank", None)[0], 401)
+    ok.settle("hank", None, ok.admit("hank", None)[0], 200)  # the right password clears the name's failures
+    assert [ok.admit("hank", None)[1] == 0 for _ in range(3)] == [True, True, False]
+
+
 def test_realm_roles_map_to_ours():
     claims = {"preferred_username": "kc", "realm_access": {"roles": ["monailabel-reviewer", "offline_access",
                                                                       "monailabel-annotator"]}}

@@ -4,7 +4,8 @@ The issuer has RS256 keys generated here (``cryptography``), a realm document, t
 ``.well-known/openid-configuration``, a JWKS and a password-grant token endpoint. The stock plugin's
 flow logs in through neolabel (which forwards the password grant); tokens are then verified by
 neolabel against the JWKS: signature, algorithm, ``exp``, ``aud``, ``iss``; realm roles map to ours;
-a key rotation is picked up by refreshing the JWKS on an unknown key id.
+a key rotation is picked up by refreshing the JWKS on an unknown key id, and the realm is asked for
+keys or discovery at most once per ``min_refresh_s`` whatever the last answer was.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from monailabel.client import MONAILabelClient
 
+from neonatal_app.lib.auth import GATE
+from neonatal_app.lib.oidc import OidcRealm
+from strategies.annotate.users import AuthError
+
 CLIENT = "monailabel-app"
 USERS = {"kc-admin": ["monailabel-admin"], "kc-ann": ["monailabel-annotator", "offline_access"],
          "kc-nobody": ["offline_access"]}
@@ -40,6 +45,8 @@ class Issuer:
         self.published: list[str] = []
         self.current = self.rotate(keep_old=False)
         self.jwks_fetches = 0
+        self.discovery_fetches = 0
+        self.down: set[str] = set()  # paths answered 503
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/test"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -81,6 +88,10 @@ class Issuer:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                issuer.discovery_fetches += self.path.endswith("/.well-known/openid-configuration")
+                issuer.jwks_fetches += self.path.endswith("/protocol/openid-connect/certs")
+                if self.path in issuer.down:
+                    return self._json(503, {"error": "temporarily unavailable"})
                 if self.path == "/realms/test":
                     der = issuer.keys[issuer.current].public_key().public_bytes(
                         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -90,7 +101,6 @@ class Issuer:
                                             "token_endpoint": f"{issuer.base}/protocol/openid-connect/token",
                                             "jwks_uri": f"{issuer.base}/protocol/openid-connect/certs"})
                 if self.path == "/realms/test/protocol/openid-connect/certs":
-                    issuer.jwks_fetches += 1
                     return self._json(200, issuer.jwks())
                 return self._json(404, {"error": "not found"})
 
@@ -182,15 +192,65 @@ def test_oidc_realm_logins_roles_claims_and_key_rotation(inprocess_server, realm
             assert code == 401 and detail, (what, code, detail)
 
         # key rotation: the realm signs with a new key; neolabel fetches the JWKS again for the unknown kid
+        GATE.authority.min_refresh_s = 0  # the rotation comes seconds after the first fetch: no waiting here
         old_kid = realm.current
         realm.rotate(keep_old=False)
         fresh = MONAILabelClient(url, tmpdir=str(tmp_path)).auth_token("kc-admin", PASSWORD)["access_token"]
         assert jwt.get_unverified_header(fresh)["kid"] != old_kid
         assert _status(url, "/train/", fresh, "DELETE")[0] == 200
         assert realm.jwks_fetches == 2
+        GATE.authority.min_refresh_s = 60
         # the retired key is gone from the refreshed set; made-up kids do not make neolabel hammer the realm
         assert _status(url, "/info/", realm.token("kc-admin", kid=old_kid))[0] == 401
         for _ in range(3):
             assert _status(url, "/info/", realm.token("kc-admin", kid=secrets.token_hex(4),
                                                       key=realm.keys[realm.current]))[0] == 401
         assert realm.jwks_fetches == 2
+
+
+def _refusal(oidc: OidcRealm, token: str) -> int:
+    with pytest.raises(AuthError) as err:
+        oidc.identify(token)
+    return err.value.status
+
+
+def test_the_realm_is_asked_at_most_once_per_window_whatever_it_answered(realm):
+    oidc = OidcRealm(realm.base, CLIENT, min_refresh_s=60)
+    token = realm.token("kc-admin")
+    realm.down = {"/realms/test/.well-known/openid-configuration"}
+    assert [_refusal(oidc, token) for _ in range(4)] == [503] * 4
+    assert realm.discovery_fetches == 1
+    with pytest.raises(AuthError, match="next try in"):
+        oidc.login("kc-admin", PASSWORD)
+    assert realm.discovery_fetches == 1
+
+    realm.down = {"/realms/test/protocol/openid-connect/certs"}  # discovery back, the JWKS failing
+    oidc.min_refresh_s = 0
+    assert _refusal(oidc, token) == 503
+    oidc.min_refresh_s = 60
+    assert [_refusal(oidc, token) for _ in range(4)] == [503] * 4
+    assert (realm.discovery_fetches, realm.jwks_fetches) == (2, 1)
+
+    realm.down, published = set(), realm.published  # the JWKS answers, but without a signing key
+    realm.published = []
+    oidc.min_refresh_s = 0
+    assert _refusal(oidc, token) == 503
+    oidc.min_refresh_s = 60
+    assert [_refusal(oidc, token) for _ in range(4)] == [503] * 4
+    assert realm.jwks_fetches == 2
+
+    realm.published = published  # keys again: after the window they are fetched and tokens pass
+    oidc.min_refresh_s = 0
+    assert oidc.identify(token).name == "kc-admin"
+    oidc.min_refresh_s = 60
+    made_up = [realm.token("kc-admin", kid=secrets.token_hex(4), key=realm.keys[realm.current]) for _ in range(4)]
+    assert [_refusal(oidc, t) for t in made_up] == [401] * 4
+    realm.rotate(keep_old=True)
+    rotated = realm.token("kc-admin")
+    assert _refusal(oidc, rotated) == 401  # within the window the new key waits
+    realm.down = {"/realms/test/protocol/openid-connect/certs"}
+    oidc.min_refresh_s = 0
+    assert _refusal(oidc, rotated) == 503 and oidc.identify(token).name == "kc-admin"  # keys in hand kept
+    realm.down = set()
+    assert oidc.identify(rotated).name == "kc-admin"
+    assert (realm.discovery_fetches, realm.jwks_fetches) == (2, 5)

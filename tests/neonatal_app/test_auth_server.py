@@ -3,13 +3,17 @@
 One server with built-in users (``--conf auth local``): the plugin's login flow, a role × endpoint
 matrix (every refusal is 401/403 with a message and leaves every file of the study set as it was),
 expired and tampered tokens, two annotators with the plugin's default client id, deletions into
-the trash, model upload/delete that keep the previous model.
+the trash, model upload/delete that keep the previous model, limited failed logins, audited training
+starts and stops.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ import requests
 import torch
 from monailabel.client import MONAILabelClient
 
-from neonatal_app.lib.auth import GATE
+from neonatal_app.lib.auth import GATE, LOGIN_FAILURES_PER_NAME
 from neonatal_app.lib.configs.segmentation import model_path
 from strategies.annotate.state import open_state
 from strategies.annotate.users import UserStore
@@ -146,9 +150,9 @@ def _annotation(m: Matrix, a: str, budget: dict, painting: Path) -> None:
 
 def _administration(m: Matrix, a: str, b: str, served_model: Path, garbage: Path, models: list[Path]) -> None:
     """Admin-only endpoints; the model and deletion answers are checked on disk too."""
-    # the admin passes the guard; an unknown model keeps this test from training for real (MONAI Label: 500)
+    # the admin passes the guard; an unknown model keeps this test from training for real
     m.check("POST /train/{model} (admin: unknown model)", "POST", "/train/unknown?run_sync=true",
-            _expect(admin=500))
+            _expect(admin=404))
     m.check("DELETE /train/", "DELETE", "/train/", _expect())
     m.check("GET /logs/ (admin: 404, no log file in tests)", "GET", "/logs/?lines=5&text=true", _expect(admin=404))
     m.check("GET /neolabel/users", "GET", "/neolabel/users", _expect())
@@ -265,6 +269,77 @@ def test_tokens_and_identity(local_server, tmp_path):
     # a removed user's token stops working at once
     app.users.remove("ann2")
     assert requests.get(url + "/info/", headers=_headers(token2), timeout=30).status_code == 401
+
+
+def test_failed_logins_are_limited(local_server):
+    url, _studies, _app = local_server
+
+    def login(name: str, password: str) -> requests.Response:
+        return requests.post(url + "/auth/token", data={"username": name, "password": password}, timeout=60)
+
+    assert [login("ann", "wrong password").status_code for _ in range(LOGIN_FAILURES_PER_NAME - 1)] == [401] * 4
+    assert login("ann", PASSWORD).status_code == 200  # under the limit the right password works, and clears it
+    assert [login("ann", "wrong password").status_code for _ in range(LOGIN_FAILURES_PER_NAME)] == [401] * 5
+    r = login("ann", PASSWORD)  # past the limit even the right password waits: guessing stops here
+    assert r.status_code == 429 and "too many failed logins" in r.json()["detail"]
+    assert 0 < int(r.headers["Retry-After"]) <= 300
+    assert login("rita", PASSWORD).status_code == 200  # other names from the same address are not locked out
+    with ThreadPoolExecutor(8) as pool:  # parallel guesses are counted before argon2 has answered any of them
+        codes = sorted(pool.map(lambda _: login("uma", "wrong password").status_code, range(8)))
+    assert codes == [401] * LOGIN_FAILURES_PER_NAME + [429] * 3
+
+
+def test_training_starts_and_stops_are_audited(local_server, tmp_path, monkeypatch):
+    from monailabel.utils.async_tasks import task as async_task
+    from monailabel.utils.async_tasks import utils as async_utils
+
+    url, _studies, app = local_server
+    tokens = {name: _login(url, tmp_path, name) for name in ("root", "ann")}
+    monkeypatch.setattr(async_utils, "background_tasks", {})
+    monkeypatch.setattr(async_utils, "background_processes", {})
+    started: list[subprocess.Popen] = []
+
+    def background(request: dict, method: str, callback=None, debug: bool = False) -> dict:
+        """MONAI Label's task runner with a sleeping process in place of its training subprocess."""
+        task = {"id": f"task-{len(started)}", "status": "RUNNING", "request": request}
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        async_utils.background_tasks.setdefault(method, []).append(task)
+        async_utils.background_processes.setdefault(method, {})[task["id"]] = started[-1]
+        return task
+
+    monkeypatch.setattr(async_task, "run_background_task", background)
+
+    def call(method: str, path: str, name: str, **kw) -> requests.Response:
+        return requests.request(method, url + path, headers=_headers(tokens[name]), timeout=60, **kw)
+
+    def audited() -> list[tuple]:
+        rows = app.db.read().execute("SELECT actor, action, target, detail FROM audit WHERE action LIKE 'train.%'")
+        return [(r["actor"], r["action"], r["target"], json.loads(r["detail"])) for r in rows]
+
+    assert call("POST", "/train/segmentation", "ann", json={}).status_code == 403
+    r = call("POST", "/train/nosuchmodel", "root", json={})
+    assert r.status_code == 404 and "segmentation" in r.json()["detail"]
+    assert call("DELETE", "/train/", "root").json() is None  # nothing runs: nothing stopped, nothing audited
+    assert audited() == [] and not started
+
+    params = {"segmentation": {"max_epochs": 1}}
+    r = call("POST", "/train/segmentation", "root", json=params)
+    assert r.status_code == 200 and r.json()["id"] == "task-0"
+    assert call("POST", "/train/segmentation", "root", json={}).status_code == 429  # one runs already
+    assert call("DELETE", "/train/", "ann").status_code == 403 and started[0].poll() is None
+    r = call("DELETE", "/train/", "root")
+    assert r.status_code == 200 and r.json()["status"] == "STOPPED"
+    assert started[0].wait(timeout=30) is not None and len(started) == 1
+    r = call("POST", "/train/", "root", json={})  # MONAI Label's deprecated "train every model"
+    assert r.status_code == 200 and r.json()["segmentation"]["result"]["id"] == "task-1"
+    assert call("DELETE", "/train/", "root").json()["id"] == "task-1"
+    assert audited() == [
+        ("root", "train.start", "segmentation", {"task": "task-0", "params": params, "run_sync": False,
+                                                 "enqueue": False}),
+        ("root", "train.stop", "segmentation", {"task": "task-0"}),
+        ("root", "train.start", "segmentation", {"task": "task-1", "params": {}, "run_sync": False, "enqueue": True}),
+        ("root", "train.stop", "segmentation", {"task": "task-1"}),
+    ]
 
 
 def test_without_auth_only_loopback_is_answered(inprocess_app, served_copy, synth_root, tmp_path):

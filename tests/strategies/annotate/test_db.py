@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -51,3 +53,33 @@ def test_a_failed_transaction_changes_nothing_and_the_audit_is_append_only(tmp_p
         con.execute("DELETE FROM audit")
     rows = db.read().execute("SELECT actor, action, target FROM audit").fetchall()
     assert [tuple(r) for r in rows] == [("alice", "label.accepted", "scan-1")]
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)  # the usual umask: what SQLite alone would create 0644 with
+    yield
+    os.umask(old)
+
+
+def _modes(path) -> dict[str, int]:
+    return {suffix: stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) for suffix in ("", "-wal", "-shm")}
+
+
+def test_the_database_and_its_wal_and_shm_are_owner_only(tmp_path, umask_022):
+    path = tmp_path / "state" / "annotation.db"
+    db = AnnotationDB(path)
+    with db.transaction() as con:
+        audit(con, "cli", "user.add", "alice")
+    assert _modes(path) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    db.close()
+
+    older = tmp_path / "older.db"  # what an older neolabel left: world-readable, WAL and SHM too
+    keep_open = sqlite3.connect(older)  # an open connection keeps -wal and -shm on disk
+    keep_open.execute("PRAGMA journal_mode = WAL")
+    keep_open.execute("CREATE TABLE t (x)")
+    for suffix in ("", "-wal", "-shm"):
+        os.chmod(f"{older}{suffix}", 0o644)
+    AnnotationDB(older).close()
+    assert _modes(older) == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    keep_open.close()
