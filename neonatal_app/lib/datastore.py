@@ -203,7 +203,8 @@ class NeolabelDatastore(LocalDatastore):
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """``DELETE /datastore/label`` (admin): the label moves to the trash, for ``final`` with every raw
-        submission it was merged from, so nothing an annotator painted is lost."""
+        submission it was merged from, so nothing an annotator painted is lost; a ``final`` label's slices
+        are then no longer spent and the scan can be annotated again (``AnnotationLedger.release_annotations``)."""
         obj = self._known(label_id)
         tag = self._checked(check_tag, label_tag)
         if tag not in obj.labels:
@@ -215,6 +216,8 @@ class NeolabelDatastore(LocalDatastore):
         with self._registry_lock:
             obj.labels.pop(tag, None)
         self._update_datastore_file()
+        if tag == FINAL:
+            self.intake.ledger.release_annotations(label_id, acting_client(None) or ANONYMOUS)
         self._refresh_status()
 
     def _checked(self, check: Any, value: Any, *args: Any) -> Any:
@@ -236,7 +239,7 @@ class NeolabelDatastore(LocalDatastore):
         return Path(self._datastore.label_path(tag)) / self._filename(image_id, ext)
 
     def _trash(self, image_id: str, tag: str | None, paths: list[Path], action: str) -> None:
-        actor = acting_client(None) or "anonymous"
+        actor = acting_client(None) or ANONYMOUS
         name = image_id if tag is None else f"{image_id}-{tag}"
         entry = move_to_trash(self._datastore_path, paths, name, {"image": image_id, "tag": tag}, actor, action,
                               self._db)

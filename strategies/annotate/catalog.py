@@ -32,6 +32,7 @@ from training.data.nifti import load_volume, read_header
 log = logging.getLogger(__name__)
 
 Scores = Mapping[str, np.ndarray]
+UNREADABLE = "unreadable"  # scans.source of a scan whose files could not be read (stamp: those files' stamps)
 
 
 def plan_key(cfg: BudgetConfig) -> str:
@@ -49,6 +50,13 @@ def plan_key(cfg: BudgetConfig) -> str:
 def file_stamp(path: str | Path) -> str:
     st = os.stat(path)
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _stamp_or_none(path: str | Path) -> str | None:
+    try:
+        return file_stamp(path)
+    except OSError:
+        return None
 
 
 def _pack(scores: Scores) -> bytes:
@@ -94,6 +102,7 @@ class ScanCatalog:
         self._extents = ExtentCache(Path(cache_dir) / "plan_extents.json")
         self._brain_mask_of = brain_mask_of
         self._known: set[str] | None = None
+        self._unreadable: dict[str, str] = {}
         self._masked: bool | None = None
 
     # ------------------------------------------------------------------ scans
@@ -106,33 +115,46 @@ class ScanCatalog:
         vol = load_volume(image)
         return entry_from_arrays(image_id, vol.affine, mask=head_mask(vol.data, vol.spacing)), "head"
 
+    def _load_known(self) -> None:
+        if self._known is None:
+            con = self.db.read()
+            self._known = {r[0] for r in con.execute("SELECT id FROM scans WHERE entry IS NOT NULL")}
+            self._unreadable = {
+                r[0]: r[1] for r in con.execute("SELECT id, stamp FROM scans WHERE entry IS NULL AND source = ?",
+                                                (UNREADABLE,))
+            }
+
+    def _inputs_stamp(self, image_id: str, image: str) -> str:
+        """What a failed read depends on: the stamps of the image file and of its brain mask, if any."""
+        mask = self._brain_mask_of(image_id)
+        return "|".join(str(_stamp_or_none(p)) for p in (image, mask) if p is not None)
+
+    def _still_unreadable(self, image_id: str, image_uri: Callable[[str], str]) -> bool:
+        failed = self._unreadable.get(image_id)
+        return failed is not None and failed == self._inputs_stamp(image_id, image_uri(image_id))
+
     def sync(self, image_ids: Iterable[str], image_uri: Callable[[str], str]) -> int:
         """Add the scans not yet in the table, drop the ones gone; the number added. Only new scans are
-        read, so a request pays nothing when the study set did not change."""
+        read, so a request pays nothing when the study set did not change. A scan that cannot be read is
+        recorded with its files' size and mtime and read again only once they change (not at every request)."""
+        self._load_known()
         ids = set(image_ids)
-        if self._known is None:
-            self._known = {r[0] for r in self.db.read().execute("SELECT id FROM scans WHERE entry IS NOT NULL")}
-        new, gone = ids - self._known, self._known - ids
+        new = {i for i in ids - self._known if not self._still_unreadable(i, image_uri)}
+        gone = self._known - ids
         if not new and not gone:
             return 0
-        rows = []
+        rows, failed = [], []
         for image_id in sorted(new):
             image = image_uri(image_id)
             try:
                 entry, source = self._entry_for(image_id, image)
+                stamp = file_stamp(image)
             except (OSError, ValueError) as exc:
-                log.warning("cannot plan %s: %s", image_id, exc)
+                log.warning("cannot plan %s: %s (not read again until its file changes)", image_id, exc)
+                failed.append((image_id, str(image), self._inputs_stamp(image_id, image), UNREADABLE))
                 continue
             rows.append(
-                (
-                    image_id,
-                    str(image),
-                    file_stamp(image),
-                    source,
-                    json.dumps(entry.to_json()),
-                    int(entry.has_brain),
-                    entry.scan_age,
-                )
+                (image_id, str(image), stamp, source, json.dumps(entry.to_json()), int(entry.has_brain), entry.scan_age)
             )
         with self.db.transaction() as con:
             con.executemany(
@@ -142,13 +164,23 @@ class ScanCatalog:
                 "scan_age = excluded.scan_age, plan_key = NULL",
                 rows,
             )
+            con.executemany(
+                "INSERT INTO scans (id, image, stamp, source) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "image = excluded.image, stamp = excluded.stamp, source = excluded.source, entry = NULL, "
+                "has_brain = 0, plan_key = NULL",
+                failed,
+            )
             if gone:
                 con.executemany(
                     "UPDATE scans SET entry = NULL, has_brain = 0, plan_key = NULL WHERE id = ?", [(i,) for i in gone]
                 )
-            put_json(con, "settings", "plan_order", None)  # the order spans the scan set: recompute it
+            if rows or gone:
+                put_json(con, "settings", "plan_order", None)  # the order spans the scan set: recompute it
         self._extents.save()
         self._known = (self._known - gone) | {r[0] for r in rows}
+        self._unreadable.update({f[0]: f[2] for f in failed})
+        for r in rows:
+            self._unreadable.pop(r[0], None)
         self._masked = None
         return len(rows)
 
@@ -238,8 +270,9 @@ class ScanCatalog:
         """The next scan in the planner's order that has slices left and no open lease (one indexed query).
 
         Fewest visits first, then the planner's order; by uncertainty: the most uncertainty left first,
-        scans without scores after, in the planner's order."""
-        order = "(uncertainty IS NULL), uncertainty DESC, rank" if by_uncertainty else "visits, rank"
+        scans without scores after, in the planner's order. A scan not yet in the order (no ``rank``: its brain
+        was found by a model after the order was computed) comes after the ranked ones, not before them."""
+        order = "uncertainty DESC NULLS LAST, rank NULLS LAST" if by_uncertainty else "visits, rank NULLS LAST"
         return con.execute(
             "SELECT id, entry, annotated, visits FROM scans "  # noqa: S608 - ``order`` is one of two constants
             "WHERE plan_key = ? AND has_brain = 1 AND avail > 0 AND id NOT IN (SELECT image FROM leases) "

@@ -18,16 +18,23 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
 from strategies.annotate.ledger import AnnotationLedger
+from strategies.annotate.original import shown_path
 from strategies.annotate.state import STATE_DIR, now_iso
-from strategies.annotate.submission import SubmissionRejected, check_submission, convert_submission, remap_segments
+from strategies.annotate.submission import (
+    SubmissionRejected,
+    SubmissionResult,
+    check_submission,
+    convert_submission,
+    remap_segments,
+)
 from strategies.annotate.tags import FINAL, ORIGINAL
 from training.data.labels import FRAME, IGNORE
-from training.data.nifti import Volume, atomic_write_text, fsync_path
+from training.data.nifti import NiftiError, Volume, atomic_write_text, fsync_path, load_volume
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +122,49 @@ class SubmissionIntake:
             return None
         return str(dest.relative_to(self._root))
 
+    def _original_shown(self, image_id: str, holder: str | None) -> np.ndarray | None:
+        """The ``original`` label handed out with the assignment a submission is judged against.
+
+        The datastore's ``original`` is replaced whenever the scan is handed out, so after the holder's lease
+        expired and the scan went to someone else it shows the newer assignment: the holder's own kept copy is
+        used. Without that copy the datastore's serves only while it is still the holder's (the scan was last
+        handed to them); otherwise the slices painted cannot be told from slices left as pre-segmented, and
+        the submission is refused (409) rather than judged against someone else's assignment."""
+        if holder is None:
+            return self.store.read_label(image_id, ORIGINAL)
+        try:
+            return np.asarray(load_volume(shown_path(self._root, image_id, holder)).data).astype(np.uint8)
+        except NiftiError:
+            pass
+        if self.ledger.last_granted_to(image_id) in (holder, None):
+            return self.store.read_label(image_id, ORIGINAL)
+        raise SubmissionRejected(
+            f"{image_id} was handed to another annotator after your lease expired, and the server no longer has "
+            "the 'original' label of your assignment to check your slices against; ask for Next Sample", 409)
+
+    def _refuse(self, image_id: str, upload: str, tag: str, data: np.ndarray, original: np.ndarray | None,
+                client_id: str, exc: SubmissionRejected) -> NoReturn:
+        """Raise the refusal, saying where the painting was kept (when it holds any)."""
+        kept = self._keep_refused(image_id, upload, tag, data, original, client_id, exc)
+        if kept is None:
+            raise exc
+        raise SubmissionRejected(
+            f"{exc}. Your painting was kept on the server as {kept} (not used for training)", exc.status
+        ) from None
+
     def accept(self, image_id: str, upload: str, tag: str, label: Volume, image_shape: tuple[int, ...],
                affine: np.ndarray, label_info: Any, client_id: str,
                device: str | None = None) -> tuple[str, dict[str, Any]]:
         """Check and store an upload (Slicer's segment numbering mapped back to classes by ``label_info``);
-        (label id, summary), or :class:`SubmissionRejected` with nothing changed."""
+        (label id, summary), or :class:`SubmissionRejected` with nothing changed. A ``final`` label is judged
+        against the submitter's own assignment and the ``original`` label they were given with it, even when
+        the scan has been handed to someone else since (:meth:`_original_shown`)."""
         with self._lock:
-            original = self.store.read_label(image_id, ORIGINAL)
+            assignments, holder = self.ledger.assignment_of(image_id, client_id) if tag == FINAL else (None, None)
+            try:
+                original = self._original_shown(image_id, holder)
+            except SubmissionRejected as exc:
+                self._refuse(image_id, upload, tag, np.asarray(label.data), None, client_id, exc)
             frame = original == FRAME if original is not None and original.shape == label.shape else None
             data = check_submission(remap_segments(label.data, label_info, frame), label.affine, image_shape, affine)
             if tag != FINAL:
@@ -130,31 +173,33 @@ class SubmissionIntake:
             previous = self.store.read_label(image_id, FINAL)
             if previous is not None and previous.shape != data.shape:
                 previous = None
-            assignments = self.ledger.assignments_for(image_id, client_id)
             if frame is not None and frame.any():
                 original = None  # a frame is no pre-segmentation (and never in `data`: it is no class)
             try:
                 result = convert_submission(data, assignments, previous, original)
             except SubmissionRejected as exc:
-                kept = self._keep_refused(image_id, upload, tag, data, original, client_id, exc)
-                if kept is None:
-                    raise
-                raise SubmissionRejected(
-                    f"{exc}. Your painting was kept on the server as {kept} (not used for training)", exc.status
-                ) from None
-            raw = self.keep_raw(image_id, upload, tag)
-            summary = result.summary()
-            summary["raw_submission"] = str(raw.relative_to(self._root))
-            summary["raw_sha256"] = sha256_file(raw)
-            summary["client_id"] = client_id
-            if device:
-                summary["device_id"] = device  # the plugin's client id: a note, the identity is client_id
-            summary["saved_at"] = now_iso()
-            label_id = self.store.store_label_array(
-                image_id, result.partial, affine, FINAL,
-                {"partial": bool(np.any(result.partial == IGNORE)), "annotated_voxels": result.annotated_voxels,
-                 "client_id": client_id},
-            )
-            summary.update(self.ledger.on_accepted(image_id, result, client_id, summary))
-            summary["budget"] = self.ledger.budget_status(self.store.image_count())
+                self._refuse(image_id, upload, tag, data, original, client_id, exc)
+            label_id, summary = self._store_accepted(image_id, upload, tag, result, affine, client_id, device)
+            if result.mode == "assignment" and holder is not None:
+                shown_path(self._root, image_id, holder).unlink(missing_ok=True)  # the assignment is done
             return label_id, summary
+
+    def _store_accepted(self, image_id: str, upload: str, tag: str, result: SubmissionResult, affine: np.ndarray,
+                        client_id: str, device: str | None) -> tuple[str, dict[str, Any]]:
+        """Raw upload kept, merged label written, ledger updated — in that order (see the module doc)."""
+        raw = self.keep_raw(image_id, upload, tag)
+        summary = result.summary()
+        summary["raw_submission"] = str(raw.relative_to(self._root))
+        summary["raw_sha256"] = sha256_file(raw)
+        summary["client_id"] = client_id
+        if device:
+            summary["device_id"] = device  # the plugin's client id: a note, the identity is client_id
+        summary["saved_at"] = now_iso()
+        label_id = self.store.store_label_array(
+            image_id, result.partial, affine, FINAL,
+            {"partial": bool(np.any(result.partial == IGNORE)), "annotated_voxels": result.annotated_voxels,
+             "client_id": client_id},
+        )
+        summary.update(self.ledger.on_accepted(image_id, result, client_id, summary))
+        summary["budget"] = self.ledger.budget_status(self.store.image_count())
+        return label_id, summary

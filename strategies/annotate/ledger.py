@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 SUMMARY_KEYS = ("accepted", "ignored_voxels_outside_assignment", "device_id")  # kept with each submission row
+REVISION_KEY = "settings_revision"  # in the options table: which stored settings the table was served from
 
 
 def budget_config(settings: Mapping[str, Any], selection: str | None = None) -> BudgetConfig:
@@ -100,11 +101,55 @@ class AnnotationLedger:
             except ConfError as exc:
                 log.warning("ignoring invalid persisted strategy settings (%s); using --conf/defaults", exc)
                 merged = self.config.strategy_settings()
-            if merged != saved:
-                put_json(con, "settings", "strategy", merged)
+            if merged != saved or get_json(con, "settings", "strategy_rev") is None:
+                self._put_settings(con, merged)
+
+    @staticmethod
+    def _put_settings(con: sqlite3.Connection, settings: Mapping[str, Any]) -> None:
+        """Store new settings as the next revision, keeping each revision: an options table names the one it
+        was served from (``table_edits``)."""
+        rev = int(get_json(con, "settings", "strategy_rev", 0)) + 1
+        put_json(con, "settings", "strategy", dict(settings))
+        put_json(con, "settings", f"strategy@{rev}", dict(settings))
+        put_json(con, "settings", "strategy_rev", rev)
 
     def settings(self) -> dict[str, Any]:
         return dict(get_json(self.db.read(), "settings", "strategy"))
+
+    def settings_table(self) -> tuple[int, dict[str, Any]]:
+        """(revision, settings), read together: what an options table is served."""
+        rows = dict(self.db.read().execute(
+            "SELECT key, value FROM settings WHERE key IN ('strategy', 'strategy_rev')").fetchall())
+        return int(json.loads(rows.get("strategy_rev", "0"))), dict(json.loads(rows["strategy"]))
+
+    def table_edits(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings a Next Sample request changes.
+
+        The Slicer plugin sends its whole options table with every Next Sample, as it was served: a table
+        fetched before an admin's edit still holds the old values. A value is an edit only where it differs
+        from the revision the table names (``settings_revision``), so such a stale table neither reverts the
+        admin's edit nor counts as the annotator changing settings. Without a known revision (an API client,
+        an older table) values are compared with the current settings. An invalid value is an edit.
+        """
+        sent = {k: request[k] for k in STRATEGY_KEYS
+                if k in request and request[k] is not None and not isinstance(request[k], list | dict)}
+        if not sent:
+            return {}
+        con = self.db.read()
+        seen = None
+        rev = request.get(REVISION_KEY)
+        if isinstance(rev, int | str) and str(rev).strip().isdigit():
+            seen = get_json(con, "settings", f"strategy@{int(rev)}")
+        base = AppConfig().with_updates({k: v for k, v in (seen or self.settings()).items() if k in STRATEGY_KEYS})
+        edits = {}
+        for k, v in sent.items():
+            try:
+                changed = base.with_updates({k: v}).strategy_settings()[k] != getattr(base, k)
+            except ConfError:
+                changed = True
+            if changed:
+                edits[k] = v
+        return edits
 
     def update_settings(self, updates: Mapping[str, Any], actor: str = ANONYMOUS) -> dict[str, Any]:
         """Apply the admin's edits (Slicer options table or API); invalid values raise ``SubmissionRejected``."""
@@ -123,7 +168,7 @@ class AnnotationLedger:
         if new == current.strategy_settings():
             return new
         with self.db.transaction() as con:
-            put_json(con, "settings", "strategy", new)
+            self._put_settings(con, new)
             audit(con, actor, "settings.update", None, {k: new[k] for k in changes})
         return new
 
@@ -184,6 +229,20 @@ class AnnotationLedger:
             con.execute("UPDATE scans SET entry = NULL, has_brain = 0, plan_key = NULL WHERE id = ?", (image_id,))
             audit(con, actor, "image.forget", image_id)
         self.catalog.forget(image_id)
+
+    def release_annotations(self, image_id: str, actor: str = ANONYMOUS) -> int:
+        """The image's ``final`` label was deleted (moved to the trash): its slices leave the budget ledger and
+        the scan's progress, so they are no longer spent and the scan is offered again. The submissions and
+        the audit trail stay. Restoring the label from the trash does not count its slices again. The number
+        of slices freed."""
+        with self.db.transaction() as con:
+            freed = con.execute("DELETE FROM ledger WHERE image = ?", (image_id,)).rowcount
+            con.execute("UPDATE scans SET annotated = '{}', visits = 0 WHERE id = ?", (image_id,))
+            cfg = self.catalog.plan_cfg(con)
+            if cfg is not None:
+                self.catalog.replan_scan(con, image_id, cfg)
+            audit(con, actor, "label.release", image_id, {"slices_freed": freed})
+        return freed
 
     # ------------------------------------------------------------------ next sample
     def grant(
@@ -274,34 +333,49 @@ class AnnotationLedger:
 
     # ------------------------------------------------------------------ submissions
     def assignments_for(self, image_id: str, client_id: str | None = None) -> list[SliceAssignment] | None:
-        """The assignment a submission for ``image_id`` is checked against: the submitter's open lease, else
-        the last one handed to the submitter and not yet submitted (a late submission after the lease expired,
-        even if the scan was handed to someone else since), else — for a submitter the server cannot tell
-        (no client id) — the open lease on the image."""
-        return self._match(self.db.read(), image_id, client_id)[0]
+        """The assignment a submission for ``image_id`` is checked against (see :meth:`assignment_of`)."""
+        return self.assignment_of(image_id, client_id)[0]
+
+    def assignment_of(
+        self, image_id: str, client_id: str | None = None
+    ) -> tuple[list[SliceAssignment] | None, str | None]:
+        """(assignment, the client it was handed to) for a submission of ``image_id`` by ``client_id``.
+
+        The submitter's open lease, else the last assignment handed to the submitter and not yet submitted
+        (a late submission after the lease expired, even if the scan was handed to someone else since: it is
+        judged against what the submitter was given, not against the newer assignment), else — for a
+        submitter the server cannot tell (no client id) — the open lease on the image."""
+        return self._match(self.db.read(), image_id, client_id)
 
     @staticmethod
     def _match(
         con: sqlite3.Connection, image_id: str, client_id: str | None
-    ) -> tuple[list[SliceAssignment] | None, bool]:
-        """(assignments, matched by the submitter's own client id)."""
+    ) -> tuple[list[SliceAssignment] | None, str | None]:
         if client_id:
             own = con.execute(
                 "SELECT * FROM leases WHERE image = ? AND client_id = ?", (image_id, client_id)
             ).fetchone()
             if own is not None:
-                return list(_lease(own).assignments), True
+                return list(_lease(own).assignments), client_id
         last = con.execute(
             "SELECT parts FROM last_assignments WHERE image = ? AND client_id = ? AND submitted = 0",
             (image_id, client_id or ""),
         ).fetchone()
         if last is not None:
-            return [SliceAssignment.from_json(x) for x in json.loads(last[0])], True
+            return [SliceAssignment.from_json(x) for x in json.loads(last[0])], client_id or ""
         if client_id in (None, "", ANONYMOUS):
             any_ = con.execute("SELECT * FROM leases WHERE image = ?", (image_id,)).fetchone()
             if any_ is not None:
-                return list(_lease(any_).assignments), False
-        return None, False
+                return list(_lease(any_).assignments), any_["client_id"]
+        return None, None
+
+    def last_granted_to(self, image_id: str) -> str | None:
+        """Who was handed ``image_id`` last (the audit trail): whose assignment the datastore's ``original``
+        label shows."""
+        row = self.db.read().execute(
+            "SELECT actor FROM audit WHERE action = 'assign' AND target = ? ORDER BY id DESC LIMIT 1", (image_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def on_accepted(self, image_id: str, result: SubmissionResult, client_id: str, summary: dict) -> dict[str, Any]:
         """Record an accepted submission: submission row, slices in the budget ledger, lease closed, round
@@ -352,7 +426,7 @@ class AnnotationLedger:
     ) -> None:
         """Slices into the ledger and the scan's progress; the submitter's lease closes and another
         annotator's lease on this scan drops the slices just done (``incremental.record_submission``)."""
-        _, own = self._match(con, image_id, client_id)
+        _, holder = self._match(con, image_id, client_id)
         for part in result.accepted:
             axis = part["axis"]
             annotated[axis] = sorted(set(annotated.get(axis, [])) | {int(i) for i in part["indices"]})
@@ -365,7 +439,7 @@ class AnnotationLedger:
             (json.dumps(annotated, sort_keys=True), image_id),
         )
         add_counter(con, "visits")
-        if own:
+        if holder == client_id:
             con.execute("DELETE FROM leases WHERE image = ? AND client_id = ?", (image_id, client_id))
         else:
             con.execute("DELETE FROM leases WHERE image = ?", (image_id,))

@@ -18,8 +18,8 @@ import numpy as np
 
 from strategies.annotate.ledger import AnnotationLedger, budget_config
 from strategies.annotate.model_outputs import ModelOutputs
-from strategies.annotate.original import instruction, original_label, original_label_names
-from strategies.annotate.settings import STRATEGY_KEYS, AppConfig
+from strategies.annotate.original import instruction, keep_shown, original_label, original_label_names, shown_path
+from strategies.annotate.settings import AppConfig
 from strategies.annotate.submission import ANONYMOUS
 from strategies.annotate.tags import BRAIN_MASK, ORIGINAL
 from strategies.plan.extents import PlanEntry
@@ -108,7 +108,7 @@ class AnnotationService:
         """Assign the next scan and slices to the requesting client; ``{}`` when there is nothing to do."""
         client_id = str(request.get("client_id") or request.get("user") or ANONYMOUS)
         # only the admin-editable `budget` strategy's options table changes the shared settings
-        edits = {k: request[k] for k in STRATEGY_KEYS if k in request} if strategy == "budget" else {}
+        edits = self.ledger.table_edits(request) if strategy == "budget" else {}
         settings = self.ledger.update_settings(edits, actor=client_id)
         cfg = budget_config(settings, selection)
         self.sync()
@@ -126,7 +126,7 @@ class AnnotationService:
             return {}
         for x in granted.assignments:
             x.strategy = strategy
-        original = self.write_original(granted.image, granted.assignments)
+        original = self.write_original(granted.image, granted.assignments, client_id)
         return {
             "id": granted.image,
             "slices": [{"axis": x.axis, "voxel_axis": x.voxel_axis, "indices": list(x.indices)}
@@ -139,8 +139,9 @@ class AnnotationService:
             "budget": self.budget_status(),
         }
 
-    def write_original(self, image_id: str, assignments: list) -> str:
-        """Store the ``original`` label (see ``strategies.annotate.original``); returns its kind."""
+    def write_original(self, image_id: str, assignments: list, client_id: str) -> str:
+        """Store the ``original`` label (see ``strategies.annotate.original``) and keep the one handed to
+        ``client_id``; returns its kind."""
         shape, affine = read_header(self.images.get_image_uri(image_id))
         pred = self.prediction(image_id)
         out, kind = original_label(shape, assignments, None if pred is None else pred[0])
@@ -151,4 +152,5 @@ class AnnotationService:
              "params": {"label_names": original_label_names(kind)}},
             durable=False,  # the server can write it again; no annotator's work is in it
         )
+        keep_shown(self.images.get_label_uri(image_id, ORIGINAL), shown_path(self.studies, image_id, client_id))
         return kind

@@ -390,3 +390,98 @@ def test_hostile_uploads_are_refused_cheaply_and_change_nothing(inprocess_app, s
         assert r.status_code == 404, r.text
         assert "budget" in r.json()["detail"] and "uncertainty" in r.json()["detail"]
         assert snapshot(studies) == before
+
+
+def _expire_leases(studies) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con, con:
+        con.execute("UPDATE leases SET expires_at = '2000-01-01T00:00:00+00:00'")
+
+
+def test_a_late_save_is_judged_against_the_submitters_own_assignment(inprocess_app, make_model, oracle, painted,
+        snapshot, studies, synth_root, tmp_path):
+    """Alice's lease expires and the scan goes to Bob with other slices and his own `original` label; Alice's
+    save is still judged against her slices and the pre-segmentation she was shown: a slice she left as
+    pre-segmented is not taken for an annotation. Without that `original` the save is refused, and kept."""
+    from neonatal_app.lib.configs.segmentation import model_path
+    from strategies.annotate.original import shown_path
+
+    make_model(model_path(studies))  # `original` = the model's pre-segmentation on the assigned slices
+    with inprocess_app(studies, {"budget_dispersion": "0.5"}) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, (sa,) = a["id"], a["slices"]
+        assert a["original_label"] == "pre-segmentation"
+        shown = load_volume(studies / "labels" / "original" / f"{image_id}.nii.gz").data  # what her Slicer loads
+        _expire_leases(studies)
+        b = client.post("/activelearning/budget", json={"client_id": "bob", "budget_dispersion": "0.2"}).json()
+        assert b["id"] == image_id
+        only_alice = sorted(set(sa["indices"]) - set(b["slices"][0]["indices"]))
+        assert only_alice, "the test needs slices of Alice's that Bob was not given"
+        v, ref = sa["voxel_axis"], oracle(synth_root, image_id)
+
+        def plane(i):
+            return tuple(i if ax == v else slice(None) for ax in range(3))
+
+        assert all(shown[plane(i)].any() for i in only_alice)  # left as shown, these are not empty
+        upload = shown.copy()  # Alice paints one slice and leaves the rest as the model pre-segmented it
+        painted_slice = next(i for i in only_alice if not np.array_equal(ref.data[plane(i)], shown[plane(i)]))
+        upload[plane(painted_slice)] = ref.data[plane(painted_slice)]
+        p = tmp_path / "alice.nii.gz"
+        save_volume(p, upload, ref.affine, np.uint8)
+        r = _put(client, image_id, p, params={"client_id": "alice"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["accepted"] == [{"axis": sa["axis"], "voxel_axis": v, "indices": [painted_slice]}]
+        assert body["slices_missing"] == len(sa["indices"]) - 1
+        stored = load_volume(studies / "labels" / "final" / f"{image_id}.nii.gz").data
+        annotated = np.flatnonzero((stored != IGNORE).any(axis=tuple(ax for ax in range(3) if ax != v)))
+        assert annotated.tolist() == [painted_slice]
+        assert not shown_path(studies, image_id, "alice").exists()  # her assignment is done
+
+        # Carol's lease on another scan expires, Dave gets it, and Carol's `original` is gone: refused, kept
+        c = client.post("/activelearning/budget", json={"client_id": "carol"}).json()
+        _expire_leases(studies)
+        d = client.post("/activelearning/budget", json={"client_id": "dave"}).json()
+        assert d["id"] == c["id"] != image_id
+        shown_path(studies, c["id"], "carol").unlink()
+        ref_c = oracle(synth_root, c["id"])
+        q = tmp_path / "carol.nii.gz"
+        save_volume(q, painted(ref_c, c["slices"], stray=False), ref_c.affine, np.uint8)
+        before = snapshot(studies)
+        r = _put(client, c["id"], q, params={"client_id": "carol"})
+        assert r.status_code == 409 and "handed to another annotator" in r.json()["detail"], r.text
+        assert f".neolabel/refused/{c['id']}/0001-final.nii.gz" in r.json()["detail"]
+        after = {k: v for k, v in snapshot(studies).items() if not k.startswith(".neolabel/refused/")}
+        assert after == before
+
+
+def test_deleting_a_final_label_frees_its_slices_for_annotation_again(inprocess_app, oracle, painted, studies,
+        synth_root, tmp_path):
+    """The label and its raw submissions go to the trash; its slices are no longer spent and the scan is
+    handed out again (the audit trail keeps the submission and the deletion)."""
+    import sqlite3
+
+    with inprocess_app(studies, {"budget_dispersion": "1.0", "budget_total_slices": "1000"}) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id = a["id"]
+        n = sum(len(s["indices"]) for s in a["slices"])
+        ref = oracle(synth_root, image_id)
+        p = tmp_path / "alice.nii.gz"
+        save_volume(p, painted(ref, a["slices"], stray=False), ref.affine, np.uint8)
+        assert _put(client, image_id, p).json()["slices_accepted"] == n
+        assert client.get("/info/").json()["budget"]["spent_slices"] == n
+        assert client.post("/activelearning/budget", json={"client_id": "bob"}).json()["id"] != image_id
+
+        r = client.delete(f"/datastore/label?id={image_id}&tag=final")
+        assert r.status_code == 200, r.text
+        budget = client.get("/info/").json()["budget"]
+        assert budget["spent_slices"] == 0 and budget["scans_touched"] == 0
+        again = client.post("/activelearning/budget", json={"client_id": "carol"}).json()
+        assert again["id"] == image_id and again["slices"] == a["slices"]
+        trashed = list((studies / ".neolabel" / "trash").glob(f"*-{image_id}-final/files/labels/final/*"))
+        assert len(trashed) == 1
+    with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con:
+        actions = [r[0] for r in con.execute("SELECT action FROM audit WHERE target = ? ORDER BY id", (image_id,))]
+        assert con.execute("SELECT COUNT(*) FROM submissions WHERE image = ?", (image_id,)).fetchone()[0] == 1
+    assert actions[:4] == ["assign", "label.accepted", "label.delete", "label.release"]

@@ -12,7 +12,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from neonatal_app.lib.auth import acting_client, note_download, require
 from neonatal_app.lib.datastore import http_error
-from strategies.annotate.settings import STRATEGY_KEYS, AppConfig, ConfError
+from strategies.annotate.ledger import REVISION_KEY
 from strategies.annotate.submission import SubmissionRejected
 from strategies.annotate.users import CONFIGURE
 from strategies.plan.selection import AXIS_MODES, SELECTIONS
@@ -30,9 +30,11 @@ class AnnotationStrategy(Strategy):
         self.service = service
 
     def config(self) -> dict[str, Any]:
+        """The options table: the settings, and the revision they are (sent back with every Next Sample, so a
+        table fetched before an admin's edit is not taken for an edit: ``AnnotationLedger.table_edits``)."""
         if not self.editable:
             return {}
-        s = self.service.ledger.settings()
+        rev, s = self.service.ledger.settings_table()
         choices = {"budget_axis": AXIS_MODES, "budget_selection": SELECTIONS}
         out: dict[str, Any] = {}
         for k, v in s.items():
@@ -40,6 +42,7 @@ class AnnotationStrategy(Strategy):
                 out[k] = [v] + [c for c in choices[k] if c != v]
             else:
                 out[k] = v
+        out[REVISION_KEY] = rev
         return out
 
     def info(self) -> dict[str, Any]:
@@ -64,19 +67,11 @@ class AnnotationStrategy(Strategy):
         return answer
 
     def _check_edit(self, request: dict[str, Any]) -> None:
-        """The plugin sends the whole options table with every Next Sample: only values that differ from the
-        stored settings are an edit, and an edit needs the admin role (refused, not silently dropped)."""
-        sent = {k: request[k] for k in STRATEGY_KEYS
-                if k in request and request[k] is not None and not isinstance(request[k], list | dict)}
-        if not sent:
-            return
-        current = AppConfig().with_updates(self.service.ledger.settings())
-        try:
-            changed = current.with_updates(sent).strategy_settings() != current.strategy_settings()
-        except ConfError:
-            changed = True  # an invalid value is an edit too (an admin gets the ledger's 400 for it)
-        if changed:
-            require(CONFIGURE, "changing the budget settings (" + ", ".join(sorted(sent)) + ")")
+        """Changing the settings needs the admin role (refused, not silently dropped); what is an edit — a value
+        that differs from the table as it was served — is the ledger's ``table_edits``."""
+        edits = self.service.ledger.table_edits(request)
+        if edits:
+            require(CONFIGURE, "changing the budget settings (" + ", ".join(sorted(edits)) + ")")
 
 
 class BudgetStrategy(AnnotationStrategy):

@@ -41,8 +41,11 @@ class _Ledger:
         self.assignments = assignments
         self.accepted: list[Any] = []
 
-    def assignments_for(self, image_id, client_id=None):
-        return self.assignments
+    def assignment_of(self, image_id, client_id=None):
+        return self.assignments, client_id
+
+    def last_granted_to(self, image_id):
+        return None  # the datastore's original is the submitter's
 
     def on_accepted(self, image_id, result, client_id, summary):
         self.accepted.append(result.accepted)
