@@ -78,11 +78,11 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(subjects=10, test_scans=3, seeds=2, epochs=2, iterations=25, round_epochs=1,
                      budgets=("2", "10", "100"), dispersions=("0.33", "1.0"), loop_budgets=("2", "5", "10"),
                      strategies=("claspe", "fgrandom")),
-    # ≈ 2 h 15 min on 2 quiet cores (the full run; 2-core AMD EPYC measured 0.95 s per iteration, batch 2, 48³):
-    # 18 static models (6 per seed: budgets 2 / 10 / 100 × the dispersions the pool can pay for) + 5 loop
-    # models per seed (the shared seed-set model, then 2 rounds for each of claspe and fgrandom; plain
-    # entropy runs in the gpu profile). 300 iterations: full annotation measured 0.867 tissue Dice (seed 0;
-    # 200 → 0.666, 350 → 0.898, 400 → 0.912; a 32³ patch at 300 iterations reached only 0.566).
+    # ≈ 2 h on 2 quiet cores (the full run; 2-core AMD EPYC measured 0.95 s per iteration, batch 2, 48³):
+    # 15 static models (5 per seed: budgets 2 / 10 / 100 × the dispersions the pool can pay for, identical
+    # plans shared) + 5 loop models per seed (the shared seed-set model, then 2 rounds for each of claspe
+    # and fgrandom; plain entropy runs in the gpu profile). 300 iterations: full annotation measured 0.867
+    # tissue Dice (seed 0; 200 → 0.666, 350 → 0.898, 400 → 0.912; a 32³ patch at 300 iterations reached only 0.566).
     "full": Profile(subjects=16, test_scans=4, seeds=3, epochs=6, iterations=50, round_epochs=2,
                     budgets=("2", "10", "100"), dispersions=("1slice", "0.33", "1.0"),
                     loop_budgets=("2", "5", "10"), strategies=("claspe", "fgrandom")),
