@@ -80,6 +80,16 @@ class NeolabelDatastore(LocalDatastore):
         )
         self.intake = SubmissionIntake(studies, ledger, store=self)
         self._db = ledger.db  # deletions are audited
+        self._release_unlabelled()
+
+    def _release_unlabelled(self) -> None:
+        """Finish a ``final`` deletion that a crash interrupted (label in the trash, slices still spent): a
+        scan's slices are entered in the ledger only after its label is durable, so spent slices without
+        a label file mean the label was deleted."""
+        for image_id in self.intake.ledger.images_with_spent_slices():
+            if image_id in self._datastore.objects and not self.label_path(image_id, FINAL).is_file():
+                freed = self.intake.ledger.release_annotations(image_id, "startup-repair")
+                log.warning("%s: final label missing, %d spent slice(s) released", image_id, freed)
 
     # -------------------------------------------------------------- atomic datastore JSON
     def _update_datastore_file(self, lock: bool = True) -> None:

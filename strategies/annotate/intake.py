@@ -87,7 +87,11 @@ class SubmissionIntake:
         shutil.copyfile(src, tmp)
         fsync_path(tmp)  # the database row that points at this copy is committed right after
         try:
-            n = count_uploads(folder) + 1
+            # numbers continue past every submission the database has recorded: after a deleted final label
+            # (its folder in the trash) a new upload never takes an old row's file name, and restoring the
+            # trash entry cannot collide with it
+            recorded = self.ledger.submission_count(image_id) if root is None else 0
+            n = max(count_uploads(folder), recorded) + 1
             while True:
                 dest = folder / f"{n:04d}-{tag}{ext}"
                 try:

@@ -377,6 +377,15 @@ class AnnotationLedger:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def images_with_spent_slices(self) -> list[str]:
+        """Images with slices in the budget ledger."""
+        return [str(r[0]) for r in self.db.read().execute("SELECT DISTINCT image FROM ledger")]
+
+    def submission_count(self, image_id: str) -> int:
+        """Accepted submissions ever recorded for the image (deleted labels' included)."""
+        row = self.db.read().execute("SELECT COUNT(*) FROM submissions WHERE image = ?", (image_id,)).fetchone()
+        return int(row[0])
+
     def on_accepted(self, image_id: str, result: SubmissionResult, client_id: str, summary: dict) -> dict[str, Any]:
         """Record an accepted submission: submission row, slices in the budget ledger, lease closed, round
         counted — one transaction, after the label file is durable."""

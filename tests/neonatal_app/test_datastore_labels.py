@@ -481,7 +481,37 @@ def test_deleting_a_final_label_frees_its_slices_for_annotation_again(inprocess_
         assert again["id"] == image_id and again["slices"] == a["slices"]
         trashed = list((studies / ".neolabel" / "trash").glob(f"*-{image_id}-final/files/labels/final/*"))
         assert len(trashed) == 1
+        alice_raw = next((studies / ".neolabel" / "trash").glob(f"*-{image_id}-final/files/.neolabel/submissions/*/*"))
+
+        # Carol's save after the deletion: a new raw file name, so Alice's row never points at Carol's painting
+        q = tmp_path / "carol.nii.gz"
+        save_volume(q, painted(ref, again["slices"], stray=False), ref.affine, np.uint8)
+        assert _put(client, image_id, q, params={"client_id": "carol"}).status_code == 200
     with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con:
         actions = [r[0] for r in con.execute("SELECT action FROM audit WHERE target = ? ORDER BY id", (image_id,))]
-        assert con.execute("SELECT COUNT(*) FROM submissions WHERE image = ?", (image_id,)).fetchone()[0] == 1
+        raws = [r[0] for r in con.execute("SELECT raw_path FROM submissions WHERE image = ? ORDER BY id", (image_id,))]
     assert actions[:4] == ["assign", "label.accepted", "label.delete", "label.release"]
+    assert len(raws) == 2 and raws[0] != raws[1]
+    assert raws[0].endswith(alice_raw.name) and (studies / raws[1]).is_file()
+    assert not (studies / raws[0]).exists()  # Alice's file is in the trash, under its old name
+
+
+def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_app, oracle, painted, studies,
+        synth_root, tmp_path):
+    """kill -9 after the label moved to the trash but before its slices were released: the next start
+    releases them, so the scan is not left spent and unlabelled for good; labelled scans keep theirs."""
+    spent = {}
+    with inprocess_app(studies, {"budget_dispersion": "1.0", "budget_total_slices": "1000"}) as (client, _app):
+        for who in ("alice", "bob"):
+            a = client.post("/activelearning/budget", json={"client_id": who}).json()
+            ref = oracle(synth_root, a["id"])
+            p = tmp_path / f"{who}.nii.gz"
+            save_volume(p, painted(ref, a["slices"], stray=False), ref.affine, np.uint8)
+            spent[a["id"]] = _put(client, a["id"], p, params={"client_id": who}).json()["slices_accepted"]
+        assert client.get("/info/").json()["budget"]["spent_slices"] == sum(spent.values())
+    alice_scan, bob_scan = spent
+    final = studies / "labels" / "final" / f"{alice_scan}.nii.gz"
+    final.rename(tmp_path / "in-the-trash.nii.gz")  # where the crash left it
+    with inprocess_app(studies, {}) as (client, _app):
+        assert client.get("/info/").json()["budget"]["spent_slices"] == spent[bob_scan] > 0
+        assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == alice_scan
