@@ -104,7 +104,8 @@ MONAI_ROLE = {  # ours → MONAI Label's role names (what endpoints receive in `
 }
 
 LOGIN_WINDOW_S = 300.0
-LOGIN_FAILURES_PER_NAME = 5  # in LOGIN_WINDOW_S, then that name waits
+LOGIN_FAILURES_PER_NAME = 5  # in LOGIN_WINDOW_S from one address, then that name waits there
+LOGIN_FAILURES_PER_NAME_ALL = 100  # for one name from all addresses together: slows distributed guessing
 LOGIN_FAILURES_PER_PEER = 20  # from one address, whatever the names (a proxy in front: everyone behind it)
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("neolabel_identity", default=None)
@@ -183,34 +184,42 @@ class DownloadGrants:
 
 
 class LoginThrottle:
-    """Failed logins in a sliding window per user name and per client address, kept in memory.
+    """Failed logins in a sliding window, kept in memory: per user name from one address, per address, and per
+    name from all addresses together (a much higher limit).
 
+    A name is held back per address, so someone guessing at a colleague's name from their own machine does not
+    lock the colleague out of theirs; only guessing from many addresses at once reaches the all-address limit.
     An attempt counts as failed from the moment it is admitted until it turns out otherwise, so parallel guesses
-    cannot all slip in while argon2 runs; a successful login also clears its name's failures.
+    cannot all slip in while argon2 runs; a successful login also clears its name's failures from that address.
     """
 
     def __init__(self, per_name: int = LOGIN_FAILURES_PER_NAME, per_peer: int = LOGIN_FAILURES_PER_PEER,
-                 window_s: float = LOGIN_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 window_s: float = LOGIN_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+                 per_name_all: int = LOGIN_FAILURES_PER_NAME_ALL) -> None:
         self.per_name, self.per_peer, self.window_s, self.clock = per_name, per_peer, window_s, clock
+        self.per_name_all = per_name_all
         self._lock = threading.Lock()
         self._failures: dict[str, deque[float]] = {}
+        self._pruned_at = -math.inf
 
     @staticmethod
-    def _name_key(name: str) -> str:
-        return f"name:{name.lower()[:128]}"
+    def _name_key(name: str, peer: str | None) -> str:
+        return f"name:{name.lower()[:128]}@{peer or ''}"
 
     def _limits(self, name: str, peer: str | None) -> dict[str, int]:
-        keys = {self._name_key(name): self.per_name}
+        keys = {self._name_key(name, peer): self.per_name}
         if peer:
             keys[f"peer:{peer}"] = self.per_peer
+            keys[f"name:{name.lower()[:128]}"] = self.per_name_all
         return keys
 
     def admit(self, name: str, peer: str | None) -> tuple[float, int]:
         """(when the attempt was counted, 0) if it may go ahead; (0, seconds to wait) past a limit."""
         with self._lock:
             now = self.clock()
-            if len(self._failures) > 10_000:  # made-up names from many addresses: forget the expired ones
+            if len(self._failures) > 10_000 and now - self._pruned_at > self.window_s:  # made-up names, many addresses
                 self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > now - self.window_s}
+                self._pruned_at = now
             wait = 0.0
             for key, limit in self._limits(name, peer).items():
                 seen = self._failures.get(key, deque())
@@ -235,7 +244,7 @@ class LoginThrottle:
                 if seen is not None and at in seen:
                     seen.remove(at)
             if status == 200:
-                self._failures.pop(self._name_key(name), None)
+                self._failures.pop(self._name_key(name, peer), None)
 
 
 class Gate:

@@ -146,12 +146,16 @@ class ScanCatalog:
         rows, failed = [], []
         for image_id in sorted(new):
             image = image_uri(image_id)
+            before = self._inputs_stamp(image_id, image)  # a file still being copied changes during the read
             try:
                 entry, source = self._entry_for(image_id, image)
                 stamp = file_stamp(image)
             except (OSError, ValueError) as exc:
-                log.warning("cannot plan %s: %s (not read again until its file changes)", image_id, exc)
-                failed.append((image_id, str(image), self._inputs_stamp(image_id, image), UNREADABLE))
+                if self._inputs_stamp(image_id, image) == before:
+                    log.warning("cannot plan %s: %s (not read again until its file changes)", image_id, exc)
+                    failed.append((image_id, str(image), before, UNREADABLE))
+                else:
+                    log.warning("cannot plan %s yet: %s (its files changed during the read)", image_id, exc)
                 continue
             rows.append(
                 (image_id, str(image), stamp, source, json.dumps(entry.to_json()), int(entry.has_brain), entry.scan_age)

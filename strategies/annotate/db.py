@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 
 # Migration n brings the schema from version n-1 to n; never edit a released one, add the next.
@@ -118,6 +118,10 @@ MIGRATIONS: dict[int, str] = {
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );
+    """,
+    # who was last handed a scan (``AnnotationLedger.last_granted_to``) without a pass over the whole audit
+    3: """
+    CREATE INDEX audit_by_action_target ON audit (action, target);
     """,
 }
 

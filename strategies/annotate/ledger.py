@@ -160,14 +160,14 @@ class AnnotationLedger:
             changes[k] = v
         if not changes:
             return self.settings()
-        current = AppConfig().with_updates(self.settings())
-        try:
-            new = current.with_updates(changes).strategy_settings()
-        except ConfError as exc:
-            raise SubmissionRejected(f"invalid strategy setting: {exc}", 400) from None
-        if new == current.strategy_settings():
-            return new
-        with self.db.transaction() as con:
+        with self.db.transaction() as con:  # read and write in one transaction: concurrent edits both count
+            current = AppConfig().with_updates(dict(get_json(con, "settings", "strategy")))
+            try:
+                new = current.with_updates(changes).strategy_settings()
+            except ConfError as exc:
+                raise SubmissionRejected(f"invalid strategy setting: {exc}", 400) from None
+            if new == current.strategy_settings():
+                return new
             self._put_settings(con, new)
             audit(con, actor, "settings.update", None, {k: new[k] for k in changes})
         return new

@@ -119,13 +119,17 @@ def test_failed_logins_are_limited_per_name_and_per_address():
     from neonatal_app.lib.auth import LoginThrottle
 
     now = [1000.0]
-    throttle = LoginThrottle(per_name=3, per_peer=5, window_s=60, clock=lambda: now[0])
+    throttle = LoginThrottle(per_name=3, per_peer=5, window_s=60, clock=lambda: now[0], per_name_all=4)
     for _ in range(3):
         at, wait = throttle.admit("Alice", "10.0.0.1")
         assert wait == 0
         throttle.settle("Alice", "10.0.0.1", at, 401)
         now[0] += 1
-    assert throttle.admit("alice", "10.0.0.2") == (0.0, 57)  # the name (any case, any address) waits
+    assert throttle.admit("alice", "10.0.0.1") == (0.0, 57)  # the name (any case) waits at that address
+    at, wait = throttle.admit("alice", "10.0.0.2")  # not at Alice's own machine: guessing does not lock her out
+    assert wait == 0
+    throttle.settle("alice", "10.0.0.2", at, 401)
+    assert throttle.admit("alice", "10.0.0.4") == (0.0, 57)  # 4 failures from all addresses: the name waits
     at, wait = throttle.admit("bob", "10.0.0.1")
     assert wait == 0
     throttle.settle("bob", "10.0.0.1", at, 200)  # a success is not a failure of the address
@@ -138,7 +142,7 @@ def test_failed_logins_are_limited_per_name_and_per_address():
     assert throttle.admit("frank", "10.0.0.1")[1] > 0  # five failures from this address
     assert throttle.admit("frank", "10.0.0.3")[1] == 0
     now[0] += 60
-    assert throttle.admit("alice", "10.0.0.2")[1] == 0  # the window has passed
+    assert throttle.admit("alice", "10.0.0.1")[1] == 0  # the window has passed
 
     parallel = LoginThrottle(per_name=2, clock=lambda: now[0])  # attempts count before their password is checked
     assert [parallel.admit("gina", None)[1] == 0 for _ in range(4)] == [True, True, False, False]

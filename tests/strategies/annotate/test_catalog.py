@@ -57,6 +57,28 @@ def test_an_unreadable_scan_is_read_again_only_when_its_file_changes(db, monkeyp
     assert "bad" in restarted.ids()
 
 
+def test_a_scan_still_being_copied_is_not_recorded_unreadable(db, monkeypatch, synth_dataset, tmp_path):
+    """The read fails on a half-copied file and the copy completes during it: the scan is read again next time."""
+    good = synth_dataset.get(synth_dataset.ids()[0])
+    copying = tmp_path / "copying.nii.gz"
+    data = good.image.read_bytes()
+    copying.write_bytes(data[: len(data) // 2])
+    uris = {"new": str(copying)}
+    catalog = ScanCatalog(db, tmp_path / "cache")
+    entry_for = catalog._entry_for
+
+    def read_while_the_copy_finishes(image_id, image):
+        try:
+            return entry_for(image_id, image)
+        finally:
+            copying.write_bytes(data)
+
+    monkeypatch.setattr(catalog, "_entry_for", read_while_the_copy_finishes)
+    assert catalog.sync(uris, uris.__getitem__) == 0  # the half file could not be read
+    monkeypatch.setattr(catalog, "_entry_for", entry_for)
+    assert catalog.sync(uris, uris.__getitem__) == 1 and "new" in catalog.ids()
+
+
 def _entry(image_id: str, brain: bool) -> PlanEntry:
     mask = np.zeros((8, 8, 8), bool)
     if brain:

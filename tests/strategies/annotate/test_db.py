@@ -28,6 +28,9 @@ def test_a_database_of_an_older_schema_is_migrated_in_place(tmp_path, monkeypatc
     assert {"scans", "leases", "submissions", "ledger", "audit", "settings"} <= tables
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert new.integrity_check() == "ok"
+    plan = " ".join(str(r[-1]) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT actor FROM audit WHERE action = 'assign' AND target = 'x' ORDER BY id DESC LIMIT 1"))
+    assert "audit_by_action_target" in plan  # last_granted_to reads one index range, not the whole audit
 
 
 def test_a_newer_schema_is_refused(tmp_path):
