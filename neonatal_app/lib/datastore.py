@@ -32,6 +32,7 @@ from neonatal_app.lib.auth import acting_client, require
 from neonatal_app.lib.trash import move_to_trash
 from strategies.annotate.intake import SubmissionIntake
 from strategies.annotate.ledger import AnnotationLedger
+from strategies.annotate.original import shown_dir
 from strategies.annotate.submission import ANONYMOUS, SubmissionRejected
 from strategies.annotate.tags import FINAL, RESERVED
 from strategies.annotate.users import CONFIGURE
@@ -203,7 +204,8 @@ class NeolabelDatastore(LocalDatastore):
         obj = self._known(image_id)
         paths = [Path(self._datastore.image_path()) / self._filename(image_id, obj.image.ext)]
         paths += [self._label_file(image_id, tag) for tag in obj.labels]
-        paths += [self.intake.submissions_dir / image_id, self.intake.refused_dir / image_id]
+        paths += [self.intake.submissions_dir / image_id, self.intake.refused_dir / image_id,
+                  shown_dir(self._datastore_path, image_id)]
         self._trash(image_id, None, paths, "image.delete")
         with self._registry_lock:
             self._datastore.objects.pop(image_id, None)

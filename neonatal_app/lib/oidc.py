@@ -103,6 +103,9 @@ class OidcRealm:
         try:
             jwks = self._get_json(self.configuration()["jwks_uri"])
             keys = jwt.PyJWKSet.from_dict(jwks).keys
+        except AuthError as exc:  # the discovery document could not be had
+            self._failed["keys"] = str(exc)
+            raise
         except (OSError, ValueError, jwt.PyJWKSetError) as exc:
             self._failed["keys"] = str(exc)
             raise AuthError(f"OIDC realm keys unavailable: {exc}", 503) from None

@@ -64,10 +64,15 @@ def instruction(image_id: str, assignments: list[SliceAssignment], original: str
             "Paint elsewhere is ignored; unpainted assigned slices return to the budget.")
 
 
+def shown_dir(studies: str | Path, image_id: str) -> Path:
+    """The ``original`` labels handed out with assignments of ``image_id``, one file per annotator."""
+    return Path(studies) / STATE_DIR / "shown" / image_id
+
+
 def shown_path(studies: str | Path, image_id: str, client_id: str) -> Path:
     """Where the ``original`` label handed to ``client_id`` with its assignment of ``image_id`` is kept."""
     key = hashlib.sha256(client_id.encode()).hexdigest()[:16]  # client ids are user names, e-mails, device ids
-    return Path(studies) / STATE_DIR / "shown" / image_id / f"{key}.nii.gz"
+    return shown_dir(studies, image_id) / f"{key}.nii.gz"
 
 
 def keep_shown(label_file: str | Path, dest: Path) -> None:

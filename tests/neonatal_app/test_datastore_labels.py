@@ -455,6 +455,12 @@ def test_a_late_save_is_judged_against_the_submitters_own_assignment(inprocess_a
         after = {k: v for k, v in snapshot(studies).items() if not k.startswith(".neolabel/refused/")}
         assert after == before
 
+        # the scan is deleted: Dave's `original` goes to the trash with it, nothing is left behind
+        assert shown_path(studies, c["id"], "dave").is_file()
+        assert client.delete(f"/datastore/image?id={c['id']}").status_code == 200
+        assert not shown_path(studies, c["id"], "dave").parent.exists()
+        assert list((studies / ".neolabel" / "trash").glob(f"*-{c['id']}/files/.neolabel/shown/{c['id']}/*"))
+
 
 def test_deleting_a_final_label_frees_its_slices_for_annotation_again(inprocess_app, oracle, painted, studies,
         synth_root, tmp_path):
