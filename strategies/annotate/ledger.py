@@ -128,23 +128,27 @@ class AnnotationLedger:
         The Slicer plugin sends its whole options table with every Next Sample, as it was served: a table
         fetched before an admin's edit still holds the old values. A value is an edit only where it differs
         from the revision the table names (``settings_revision``), so such a stale table neither reverts the
-        admin's edit nor counts as the annotator changing settings. Without a known revision (an API client,
-        an older table) values are compared with the current settings. An invalid value is an edit.
+        admin's edit nor counts as the annotator changing settings. Nor is a value some later revision holds:
+        the table that made an edit still names the revision before it, and must not re-apply it at every
+        Next Sample over a later admin's change. Without a known revision (an API client, an older table)
+        values are compared with the current settings. An invalid value is an edit.
         """
         sent = {k: request[k] for k in STRATEGY_KEYS
                 if k in request and request[k] is not None and not isinstance(request[k], list | dict)}
         if not sent:
             return {}
         con = self.db.read()
-        seen = None
+        current_rev, current = self.settings_table()
+        revisions = [current]
         rev = request.get(REVISION_KEY)
-        if isinstance(rev, int | str) and str(rev).strip().isdigit():
-            seen = get_json(con, "settings", f"strategy@{int(rev)}")
-        base = AppConfig().with_updates({k: v for k, v in (seen or self.settings()).items() if k in STRATEGY_KEYS})
+        if isinstance(rev, int | str) and str(rev).strip().isdigit() and int(rev) <= current_rev:
+            revisions = [get_json(con, "settings", f"strategy@{n}") for n in range(int(rev), current_rev + 1)]
+            revisions = [r for r in revisions if r is not None] or [current]
+        bases = [AppConfig().with_updates({k: v for k, v in r.items() if k in STRATEGY_KEYS}) for r in revisions]
         edits = {}
         for k, v in sent.items():
             try:
-                changed = base.with_updates({k: v}).strategy_settings()[k] != getattr(base, k)
+                changed = all(b.with_updates({k: v}).strategy_settings()[k] != getattr(b, k) for b in bases)
             except ConfError:
                 changed = True
             if changed:

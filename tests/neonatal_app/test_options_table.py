@@ -47,6 +47,13 @@ def test_a_stale_table_does_not_revert_an_admins_edit_without_auth(inprocess_app
         s = _settings(client)
         assert s["budget_margin"] == 0.2 and s["budget_dispersion"] == 0.5
 
+        # another admin changes the dispersion; the first admin's table still names the revision before
+        # their own edit: their next Next Sample does not re-apply 0.5 over it
+        later = {**_table(client), "client_id": "admin2", "budget_dispersion": 0.25}
+        assert client.post("/activelearning/budget", json=later).status_code == 200
+        assert client.post("/activelearning/budget", json=edit).status_code == 200
+        assert _settings(client)["budget_dispersion"] == 0.25
+
 
 def test_a_stale_table_is_no_edit_for_an_annotator_with_auth(inprocess_app, snapshot, studies):
     users = UserStore(open_state(studies))
