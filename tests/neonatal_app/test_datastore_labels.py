@@ -517,7 +517,9 @@ def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_
         assert client.get("/info/").json()["budget"]["spent_slices"] == sum(spent.values())
     alice_scan, bob_scan = spent
     final = studies / "labels" / "final" / f"{alice_scan}.nii.gz"
-    final.rename(tmp_path / "in-the-trash.nii.gz")  # where the crash left it
+    entry = studies / ".neolabel" / "trash" / f"20261202T000000000000Z-{alice_scan}-final" / "files/labels/final"
+    entry.mkdir(parents=True)
+    final.rename(entry / final.name)  # where the crash left it: moved, its slices not yet released
     with inprocess_app(studies, {}) as (client, _app):
         assert client.get("/info/").json()["budget"]["spent_slices"] == spent[bob_scan] > 0
         assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == alice_scan
