@@ -47,6 +47,9 @@ class _Ledger:
     def last_granted_to(self, image_id):
         return None  # the datastore's original is the submitter's
 
+    def submission_count(self, image_id):
+        return len(self.accepted)
+
     def on_accepted(self, image_id, result, client_id, summary):
         self.accepted.append(result.accepted)
         return {"round": len(self.accepted)}
