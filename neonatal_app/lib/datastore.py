@@ -29,7 +29,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
 from neonatal_app.lib.auth import acting_client, require
-from neonatal_app.lib.trash import move_to_trash, trash_dir
+from neonatal_app.lib.trash import list_trash, move_to_trash
 from strategies.annotate.intake import SubmissionIntake
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.original import shown_dir
@@ -87,14 +87,11 @@ class NeolabelDatastore(LocalDatastore):
         """Finish a ``final`` deletion that a crash interrupted: the label is in the trash and its slices are
         still spent. Only a scan with such a trash entry is released (an imported state may hold slices
         whose labels were never copied in; those stay spent)."""
-        spent = self.intake.ledger.images_with_spent_slices()
-        folder = trash_dir(self._datastore_path)
-        if not spent or not folder.is_dir():
-            return
-        trashed = {e.name for e in folder.iterdir()}
-        for image_id in spent:
-            deleted = any(name.endswith(f"-{image_id}-{FINAL}") for name in trashed)
-            if deleted and image_id in self._datastore.objects and not self.label_path(image_id, FINAL).is_file():
+        unlabelled = [i for i in self.intake.ledger.images_with_spent_slices()
+                      if i in self._datastore.objects and not self.label_path(i, FINAL).is_file()]
+        if unlabelled:  # the manifests say exactly which image and tag each entry holds (names can be ambiguous)
+            trashed = {m.get("image") for m in list_trash(self._datastore_path) if m.get("tag") == FINAL}
+            for image_id in (i for i in unlabelled if i in trashed):
                 freed = self.intake.ledger.release_annotations(image_id, "startup-repair")
                 log.warning("%s: final label missing, %d spent slice(s) released", image_id, freed)
 

@@ -506,6 +506,8 @@ def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_
         synth_root, tmp_path):
     """kill -9 after the label moved to the trash but before its slices were released: the next start
     releases them, so the scan is not left spent and unlabelled for good; labelled scans keep theirs."""
+    from neonatal_app.lib.trash import move_to_trash
+
     spent = {}
     with inprocess_app(studies, {"budget_dispersion": "1.0", "budget_total_slices": "1000"}) as (client, _app):
         for who in ("alice", "bob"):
@@ -517,9 +519,9 @@ def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_
         assert client.get("/info/").json()["budget"]["spent_slices"] == sum(spent.values())
     alice_scan, bob_scan = spent
     final = studies / "labels" / "final" / f"{alice_scan}.nii.gz"
-    entry = studies / ".neolabel" / "trash" / f"20261202T000000000000Z-{alice_scan}-final" / "files/labels/final"
-    entry.mkdir(parents=True)
-    final.rename(entry / final.name)  # where the crash left it: moved, its slices not yet released
+    # where the crash left it: moved to the trash (manifest and all), its slices not yet released
+    move_to_trash(studies, [final], f"{alice_scan}-final", {"image": alice_scan, "tag": "final"}, "admin",
+                  "label.delete", None)
     with inprocess_app(studies, {}) as (client, _app):
         assert client.get("/info/").json()["budget"]["spent_slices"] == spent[bob_scan] > 0
         assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == alice_scan
