@@ -12,10 +12,12 @@ the same iterations and batch, every model scored on the same held-out, densely 
 
 Statistics (``apps.simulation.stats``): mean and 95 % bootstrap CI over seeds, paired differences by
 seed with a CI and a Wilcoxon signed-rank p, AUBC, and the budget needed for 95 / 97 % of the
-full-annotation Dice. Writes the two simulation outputs' tables and figures to
-``bench/results/efficiency/<profile>/{static,loop}/`` plus ``summary.md`` and ``summary.json``
-(models and checkpoints stay in the work folder, ``bench/out/efficiency/<profile>``, resumable), and
-prints last::
+full-annotation Dice. Each part's run keeps its tables and figures in
+``bench/results/efficiency/<profile>/runs/<part>-seeds<a>-<b>/`` (models and checkpoints stay in the
+work folder, ``bench/out/efficiency/<profile>``, resumable); every run there of the same
+configuration is then reported together in ``static/``, ``loop/``, ``summary.md`` and
+``summary.json``, so seeds can be added later (``--part loop --seeds 2 --seed-offset 3``; ``--merge``
+only reports). Prints last::
 
     full_dice=<x> slices_pct_for_97=<p> aubc_<strategy>=<a> ... best=<s> best_vs_fgrandom=<d> ci=[lo,hi]
 
@@ -34,7 +36,6 @@ import json
 import math
 import shutil
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,7 +47,8 @@ if str(ROOT) not in sys.path:
 
 from apps.simulation.config import SimulationConfig  # noqa: E402
 from apps.simulation.curves import build_curves, compare_aubc, full_reference, reach_estimate  # noqa: E402
-from apps.simulation.run import run_simulation  # noqa: E402
+from apps.simulation.report import read_csv  # noqa: E402
+from apps.simulation.run import run_simulation, write_reports  # noqa: E402
 from apps.simulation.stats import mean_ci  # noqa: E402
 from strategies.plan.selection import SCORED_SELECTIONS  # noqa: E402
 
@@ -104,6 +106,7 @@ def _configs(p: Profile, work: Path, data: Path, args: argparse.Namespace) -> tu
     if p.patch:
         overrides["patch_size"] = (p.patch,) * 3
     common = dict(data=data, epochs=p.epochs, iterations=p.iterations, seeds=p.seeds, test_scans=p.test_scans,
+                  seed_offset=args.seed_offset,
                   preset=p.preset, train_overrides=overrides, progress=not args.quiet)
     static = SimulationConfig(out=work / "static", budgets=p.budgets, dispersions=p.dispersions, axes=p.axes,
                               selections=("equidistant",), **common)
@@ -186,6 +189,57 @@ def last_line(s: dict) -> str:
     return " ".join(parts)
 
 
+def _run_name(part: str, offset: int, seeds: int) -> str:
+    return f"{part}-seeds{offset}-{offset + seeds - 1}"
+
+
+MAY_DIFFER = ("out", "data", "seeds", "seed_offset", "progress")
+"""Configuration entries that may differ between runs merged into one report (where, and which seeds)."""
+
+
+def _part_results(results: Path, part: str) -> tuple[list[dict], list[str], float]:
+    """All runs of one part (``results/runs/<part>-seeds<a>-<b>``): their results, names and wall time.
+
+    Runs are merged only when they simulated the same thing (their configurations agree but for the
+    seeds and the folders) and no seed appears twice.
+    """
+    rows: list[dict] = []
+    names, wall, ref = [], 0.0, None
+    for run in sorted((results / "runs").glob(f"{part}-seeds*")):
+        cfg = json.loads((run / "simulation.json").read_text())["config"]
+        same = {k: v for k, v in cfg.items() if k not in MAY_DIFFER}
+        if ref is not None and same != ref[1]:
+            diff = sorted(k for k in same if same.get(k) != ref[1].get(k))
+            raise SystemExit(f"{run.name} and {ref[0]} simulated different things ({', '.join(diff)}): not merged")
+        ref = ref or (run.name, same)
+        got = read_csv(run / "results.csv")
+        clash = {r["seed"] for r in got} & {r["seed"] for r in rows}
+        if clash:
+            raise SystemExit(f"{run.name}: seed(s) {sorted(clash)} are in another {part} run too")
+        rows += got
+        names.append(run.name)
+        timing = run / "timing.json"
+        wall += json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else 0.0
+    return rows, names, wall
+
+
+def merge(results: Path) -> tuple[dict, list[str]]:
+    """Report every run under ``results/runs`` together: ``static/`` and ``loop/`` reports, the summary numbers."""
+    static, s_names, s_wall = _part_results(results, "static")
+    loop, l_names, l_wall = _part_results(results, "loop")
+    for part, rows, names in (("static", static, s_names), ("loop", loop, l_names)):
+        if rows:
+            seeds = sorted({r["seed"] for r in rows})
+            write_reports(results / part, rows, {"merged runs": ", ".join(names), "seeds": seeds},
+                          with_figures=True)
+    summary, lines = summarise(static, loop)
+    # one entry per model: shared plans and the loop's shared seed-set model have the same timing
+    models = {(r["mode"] == "loop", r["seed"], r["n_slices"], r["train_seconds"]): r for r in (*static, *loop)}
+    summary.update({"runs": s_names + l_names, "wall_seconds": round(s_wall + l_wall, 1), "models": len(models),
+                    "train_seconds_all_models": round(sum(r["train_seconds"] for r in models.values()), 1)})
+    return summary, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = ap.add_mutually_exclusive_group()
@@ -194,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="models and checkpoints (default bench/out/efficiency/<p>)")
     ap.add_argument("--results", type=Path, default=None, help="default bench/results/efficiency/<profile>")
     ap.add_argument("--seeds", type=int, default=None, help="override the profile's seeds")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="first seed (add seeds to an earlier run: --part loop --seeds 2 --seed-offset 3)")
+    ap.add_argument("--part", choices=("both", "static", "loop"), default="both",
+                    help="run only the budget curves or only the loop (then see --merge)")
     ap.add_argument("--axes", default=None, help="static curves' axes, comma list (e.g. sagittal,axial)")
     ap.add_argument("--thick-axis", default=None, help="thick-slice acquisition axis of the generated data")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     ap.add_argument("--device", default=None, help="training device (default: cuda with --gpu, else training's)")
+    ap.add_argument("--merge", action="store_true",
+                    help="train nothing: report the runs already under <results>/runs together")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     name = "quick" if args.quick else "gpu" if args.gpu else "full"
@@ -208,33 +268,20 @@ def main(argv: list[str] | None = None) -> int:
         p = replace(p, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()))
     work = args.work or ROOT / "bench" / "out" / "efficiency" / name
     results = args.results or ROOT / "bench" / "results" / "efficiency" / name
-    t0 = time.perf_counter()
-    data = _data(p, work, args.thick_axis)
-    static_cfg, loop_cfg = _configs(p, work, data, args)
-    static = run_simulation(static_cfg)
-    t_static = time.perf_counter() - t0
-    loop = run_simulation(loop_cfg)
-    wall = time.perf_counter() - t0
-    _copy(static_cfg.out, results / "static")
-    _copy(loop_cfg.out, results / "loop")
-    summary, lines = summarise(static.results, loop.results)
-    # one entry per model (shared plans and the loop's shared seed-set model counted once)
-    trained = list({r["checkpoint"]: r for r in (*static.results, *loop.results)}.values())
-    previous = json.loads((results / "summary.json").read_text()) if (results / "summary.json").is_file() else {}
-    reused = len(static.skipped) + len(loop.skipped)
-    summary.update({"profile": name, "config": {k: str(v) for k, v in p.__dict__.items()},
-                    "wall_seconds": round(wall, 1), "static_seconds": round(t_static, 1), "reused": reused,
-                    "train_seconds_all_models": round(sum(float(r["train_seconds"]) for r in trained), 1),
-                    "models": len(trained)})
-    if reused == 0:
-        summary["first_wall_seconds"] = summary["wall_seconds"]
-    elif previous.get("first_wall_seconds"):  # a resume: keep the first run's real cost
-        summary["first_wall_seconds"] = previous["first_wall_seconds"]
+    if not args.merge:
+        data = _data(p, work, args.thick_axis)
+        static_cfg, loop_cfg = _configs(p, work, data, args)
+        for part, cfg in (("static", static_cfg), ("loop", loop_cfg)):
+            if args.part in ("both", part):
+                run_simulation(cfg)
+                _copy(cfg.out, results / "runs" / _run_name(part, cfg.seed_offset, cfg.seeds))
+    summary, lines = merge(results)
+    summary.update({"profile": name, "config": {k: str(v) for k, v in p.__dict__.items()}})
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     md = [f"# Annotation efficiency ({name} profile)", "", f"- configuration: {p}",
-          f"- wall time: {wall:.0f} s (static {t_static:.0f} s), {reused} of {len(trained)} model(s) reused; "
-          f"first full run {summary.get('first_wall_seconds', 'n/a')} s; training time of all models "
-          f"{summary['train_seconds_all_models']:.0f} s", "",
+          f"- runs: {', '.join(summary['runs'])}; their wall time {summary['wall_seconds']:.0f} s "
+          f"(runs without a timing record not counted); {summary['models']} models, "
+          f"training time of all models {summary['train_seconds_all_models']:.0f} s", "",
           *lines, "", "Details, CIs and paired tests per budget: `static/results.md`, `loop/results.md`.", "",
           "```", last_line(summary), "```", ""]
     (results / "summary.md").write_text("\n".join(md))

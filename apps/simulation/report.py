@@ -94,6 +94,60 @@ def write_csv(path: Path, results: Sequence[dict]) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
+def _number(v: str) -> float | None:
+    return None if v == "" else float(v)
+
+
+def _dispersion(v: str) -> float | str:
+    return v if v in ("1slice", "full") else float(v)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The results of a ``results.csv`` again, as far as the reports need them (scores, plan sizes, labels).
+
+    Results kept in git outlive the work folder with the per-model JSONs: this lets runs made at
+    different times (other seeds of the same configuration) be merged and reported together.
+    """
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = set(CSV_COLUMNS) - set(rows[0] if rows else CSV_COLUMNS)
+    if missing:
+        raise ValueError(f"{path}: not a simulation results.csv (missing columns {sorted(missing)})")
+    out: OrderedDict[tuple, dict] = OrderedDict()
+    for row in rows:
+        key = (row["mode"], row["condition"], row["seed"], row["round"])
+        r = out.get(key)
+        if r is None:
+            r = out[key] = _result_of(row)
+        dice, hd95 = _number(row["dice"]), _number(row["hd95"])
+        if row["class"] == "tissue":
+            r["scores"]["tissue_dice"], r["scores"]["tissue_hd95"] = dice, hd95
+        else:
+            r["scores"]["dice"][row["class"]], r["scores"]["hd95"][row["class"]] = dice, hd95
+    for r in out.values():
+        # the CSV has no all-class row: the mean of the class means, which is the evaluation's mean of the
+        # subjects' all-class means whenever every class is defined on every test scan
+        defined = [v for v in r["scores"]["dice"].values() if v is not None and math.isfinite(v)]
+        r["scores"]["mean_dice"] = float(np.mean(defined)) if defined else None
+    return list(out.values())
+
+
+def _result_of(row: dict) -> dict:
+    disp = _dispersion(row["dispersion"])
+    common = {"mode": row["mode"], "seed": int(row["seed"]), "n_volumes": int(row["n_volumes"]),
+              "n_slices": int(row["n_slices"]), "epochs": int(row["epochs"]),
+              "train_seconds": float(row["train_seconds"]),
+              "scores": {"dice": {}, "hd95": {}, "tissue_dice": None, "tissue_hd95": None, "mean_dice": None}}
+    if row["mode"] == "loop":
+        return {**common, "strategy": row["condition"], "round": int(row["round"]), "dispersion": disp,
+                "axis": row["axis"], "selection": row["selection"], "margin": float(row["margin"])}
+    cond = {"name": row["condition"], "dispersion": 1.0 if disp == "full" else disp, "axis": row["axis"],
+            "selection": row["selection"], "margin": float(row["margin"]), "full": disp == "full"}
+    if row["budget"] != "":
+        cond["budget"] = float(row["budget"])
+    return {**common, "condition": cond}
+
+
 def _ms(values: Sequence[float], nd: int = 3) -> str:
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
     if v.size == 0:

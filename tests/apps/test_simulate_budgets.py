@@ -17,6 +17,7 @@ import pytest
 from apps.simulation.backend import Scores, TrainOutcome
 from apps.simulation.budgets import budget_slices, pool_capacity
 from apps.simulation.config import SimulationConfig
+from apps.simulation.curves import build_curves
 from apps.simulation.data import SimulationError
 from apps.simulation.run import run_simulation
 from training.data import labels as L
@@ -132,3 +133,25 @@ def test_loop_with_budgets_and_the_new_strategies(tmp_path, sim_root):
     assert (out / "learning_curve.png").stat().st_size > 1000
     with pytest.raises(SimulationError, match="--rounds must be 2"):
         _run(_cfg(tmp_path / "bad", sim_root, rounds=3, budgets=("5", "10", "20")), CurveFake())
+
+
+def test_runs_of_other_seeds_merge_into_the_run_of_all_seeds(tmp_path, sim_root):
+    """Seed 1 alone (``seed_offset``) gives seed 1's results of a two-seed run, and results read back
+    from results.csv report the same tables: runs made at different times can be reported together."""
+    from apps.simulation import report
+    from apps.simulation.curves import loop_section
+
+    kw = dict(rounds=2, budgets=("5", "10", "20"), strategies=("claspe", "fgrandom"))
+    both = _run(_cfg(tmp_path / "both", sim_root, seeds=2, **kw), CurveFake())
+    parts = [_run(_cfg(tmp_path / f"s{s}", sim_root, seeds=1, seed_offset=s, **kw), CurveFake()) for s in (0, 1)]
+    assert [{r["seed"] for r in p.results} for p in parts] == [{0}, {1}]
+    merged = [r for s in (0, 1) for r in report.read_csv(tmp_path / f"s{s}" / "results.csv")]
+    assert sorted(map(str, report.csv_rows(merged))) == sorted(map(str, report.csv_rows(both.results)))
+    assert loop_section(build_curves(merged)) == loop_section(build_curves(both.results))
+    static = _run(_cfg(tmp_path / "static", sim_root, budgets=("5", "100"), dispersions=("0.33", "1.0")), CurveFake())
+    again = report.read_csv(tmp_path / "static" / "results.csv")
+    assert report.csv_rows(again) == report.csv_rows(static.results)
+    assert report.markdown(again, {}) == report.markdown(static.results, {})
+    with pytest.raises(ValueError, match="not a simulation results.csv"):
+        (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+        report.read_csv(tmp_path / "x.csv")
