@@ -197,14 +197,16 @@ MAY_DIFFER = ("out", "data", "seeds", "seed_offset", "progress")
 """Configuration entries that may differ between runs merged into one report (where, and which seeds)."""
 
 
-def _part_results(results: Path, part: str) -> tuple[list[dict], list[str], float]:
-    """All runs of one part (``results/runs/<part>-seeds<a>-<b>``): their results, names and wall time.
+def _part_results(results: Path, part: str) -> tuple[list[dict], dict[str, float | None]]:
+    """All runs of one part (``results/runs/<part>-seeds<a>-<b>``): their results, and each run's wall time
+    (None where unknown: no timing record, or the record of a resume that reused earlier models).
 
     Runs are merged only when they simulated the same thing (their configurations agree but for the
     seeds and the folders) and no seed appears twice.
     """
     rows: list[dict] = []
-    names, wall, ref = [], 0.0, None
+    walls: dict[str, float | None] = {}
+    ref = None
     for run in sorted((results / "runs").glob(f"{part}-seeds*")):
         cfg = json.loads((run / "simulation.json").read_text())["config"]
         same = {k: v for k, v in cfg.items() if k not in MAY_DIFFER}
@@ -217,25 +219,24 @@ def _part_results(results: Path, part: str) -> tuple[list[dict], list[str], floa
         if clash:
             raise SystemExit(f"{run.name}: seed(s) {sorted(clash)} are in another {part} run too")
         rows += got
-        names.append(run.name)
-        timing = run / "timing.json"
-        wall += json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else 0.0
-    return rows, names, wall
+        timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
+        walls[run.name] = None if timing.get("reused", True) else timing["wall_seconds"]
+    return rows, walls
 
 
 def merge(results: Path) -> tuple[dict, list[str]]:
     """Report every run under ``results/runs`` together: ``static/`` and ``loop/`` reports, the summary numbers."""
-    static, s_names, s_wall = _part_results(results, "static")
-    loop, l_names, l_wall = _part_results(results, "loop")
-    for part, rows, names in (("static", static, s_names), ("loop", loop, l_names)):
+    static, s_walls = _part_results(results, "static")
+    loop, l_walls = _part_results(results, "loop")
+    for part, rows, walls in (("static", static, s_walls), ("loop", loop, l_walls)):
         if rows:
             seeds = sorted({r["seed"] for r in rows})
-            write_reports(results / part, rows, {"merged runs": ", ".join(names), "seeds": seeds},
+            write_reports(results / part, rows, {"merged runs": ", ".join(walls), "seeds": seeds},
                           with_figures=True)
     summary, lines = summarise(static, loop)
     # one entry per model: shared plans and the loop's shared seed-set model have the same timing
     models = {(r["mode"] == "loop", r["seed"], r["n_slices"], r["train_seconds"]): r for r in (*static, *loop)}
-    summary.update({"runs": s_names + l_names, "wall_seconds": round(s_wall + l_wall, 1), "models": len(models),
+    summary.update({"runs": {**s_walls, **l_walls}, "models": len(models),
                     "train_seconds_all_models": round(sum(r["train_seconds"] for r in models.values()), 1)})
     return summary, lines
 
@@ -279,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"profile": name, "config": {k: str(v) for k, v in p.__dict__.items()}})
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     md = [f"# Annotation efficiency ({name} profile)", "", f"- configuration: {p}",
-          f"- runs: {', '.join(summary['runs'])}; their wall time {summary['wall_seconds']:.0f} s "
-          f"(runs without a timing record not counted); {summary['models']} models, "
-          f"training time of all models {summary['train_seconds_all_models']:.0f} s", "",
+          "- runs (wall time): " + ", ".join(f"{k} ({'unknown' if v is None else f'{v:.0f} s'})"
+                                             for k, v in summary["runs"].items()),
+          f"- {summary['models']} models, training time of all models {summary['train_seconds_all_models']:.0f} s",
+          "",
           *lines, "", "Details, CIs and paired tests per budget: `static/results.md`, `loop/results.md`.", "",
           "```", last_line(summary), "```", ""]
     (results / "summary.md").write_text("\n".join(md))
