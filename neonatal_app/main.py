@@ -25,6 +25,7 @@ from neonatal_app.lib.configs.segmentation import NAME as MODEL_NAME
 from neonatal_app.lib.configs.segmentation import SegmentationConfig
 from neonatal_app.lib.datastore import NeolabelDatastore, http_error
 from strategies.annotate.catalog import ScanCatalog, label_file
+from strategies.annotate.db import audit
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.retrain import RetrainTriggers
 from strategies.annotate.service import AnnotationService
@@ -168,10 +169,21 @@ class NeonatalApp(MONAILabelApp):
         return self._trainer.is_running()
 
     def _start_training(self, reason: str):
-        """Start ``/train/segmentation`` in MONAI Label's background subprocess (in-process outside a server)."""
+        """Start ``/train/segmentation`` in MONAI Label's background subprocess (in-process outside a server).
+
+        Audited under the actor ``server`` like an admin's ``/train`` start, so the log says who or what
+        started every training (an in-process training is audited before it runs, it returns when done)."""
         log.info("starting retraining: %s", reason)
-        if self._server_mode:
-            return self.async_training(MODEL_NAME, params={MODEL_NAME: {"reason": reason}}, enqueue=False)
-        return self.train({"model": MODEL_NAME, "reason": reason})
+        if not self._server_mode:
+            self._audit_automatic_start(reason, None)
+            return self.train({"model": MODEL_NAME, "reason": reason})
+        task = self.async_training(MODEL_NAME, params={MODEL_NAME: {"reason": reason}}, enqueue=False)
+        if task:
+            self._audit_automatic_start(reason, task.get("id") if isinstance(task, dict) else None)
+        return task
+
+    def _audit_automatic_start(self, reason: str, task_id: str | None) -> None:
+        with self.db.transaction() as con:
+            audit(con, "server", "train.start", MODEL_NAME, {"reason": reason, "task": task_id, "automatic": True})
 
 

@@ -81,7 +81,8 @@ def test_app_triggers_on_the_nth_saved_label(inprocess_app, oracle, painted, ser
     studies = served_copy(synth_root, tmp_path)
     with inprocess_app(studies, {"retrain_every_labels": "2"}) as (client, app):
         started = []
-        app.triggers.start_training = lambda reason: started.append(reason) or {"id": "fake"}
+        # MONAI Label's task runner stands in: no training subprocess
+        app.async_training = lambda model, params, enqueue: started.append(params[model]["reason"]) or {"id": "fake"}
         answers = []
         for k in range(4):
             a = client.post("/activelearning/budget", json={"client_id": f"c{k}"}).json()
@@ -94,6 +95,18 @@ def test_app_triggers_on_the_nth_saved_label(inprocess_app, oracle, painted, ser
             answers.append(bool(r.json().get("retrain_started")))
         assert answers == [False, True, False, True]
         assert len(started) == 2
+        rows = app.db.read().execute("SELECT actor, action, target, detail FROM audit WHERE action LIKE 'train.%'")
+        assert [(r["actor"], r["action"], r["target"], json.loads(r["detail"])) for r in rows] == [
+            ("server", "train.start", "segmentation", {"reason": reason, "task": "fake", "automatic": True})
+            for reason in started]
+        assert all("retrain_every_labels=2" in reason for reason in started)
+        # outside a server the training runs in this process: audited before it starts
+        app._server_mode = False
+        seen = []
+        app.train = lambda request: seen.append(
+            app.db.read().execute("SELECT detail FROM audit ORDER BY id DESC").fetchone()["detail"]) or {"id": None}
+        assert app.triggers.trigger("in process")
+        assert [json.loads(d) for d in seen] == [{"reason": "in process", "task": None, "automatic": True}]
 
 
 def test_trainer_lock_refuses_a_second_training(inprocess_app, served_copy, synth_root, tmp_path):
