@@ -211,11 +211,6 @@ class AnnotationLedger:
         with self.db.transaction() as con:
             add_counter(con, "labels_since_train", 0, reset=True)
 
-    def models_published(self) -> int:
-        """Retrainings that published a model: the served model's generation (0 = the first model)."""
-        row = self.db.read().execute("SELECT COUNT(*) FROM trainings WHERE published").fetchone()
-        return int(row[0])
-
     def record_training(self, stats: Mapping[str, Any], actor: str = "server") -> None:
         with self.db.transaction() as con:
             con.execute(

@@ -75,7 +75,6 @@ class ModelOutputs:
         busy: Callable[[], bool] | None = None,
         busy_poll_s: float = 5.0,
         on_computed: Callable[[str, str, PlanEntry, dict[str, np.ndarray]], None] | None = None,
-        model_round: Callable[[], int] | None = None,
     ) -> None:
         self.cache = Path(studies) / STATE_DIR / "cache"
         # while busy() (a retraining runs) the worker waits: it would compete for the cores / GPU memory
@@ -86,7 +85,6 @@ class ModelOutputs:
         self._image_ids = image_ids
         self._image_uri = image_uri
         self._on_computed = on_computed or (lambda *_: None)  # the catalog takes extents and scores from here
-        self._model_round = model_round or (lambda: 0)
         self._outputs: dict[str, ScanOutputs] = {}
         self._failed: dict[str, str] = {}  # image id → version whose prediction failed (not retried)
         self._lock = threading.Lock()  # the dicts above
@@ -207,7 +205,9 @@ class ModelOutputs:
                 return out  # done by another thread while this one waited
             try:
                 probs, affine = pred.predict_probabilities([self._image_uri(image_id)])
-                label, entry, scores = outputs_from_probabilities(image_id, probs, affine, self._model_round())
+                # the generation of the model that made these probabilities (stored in its checkpoint)
+                label, entry, scores = outputs_from_probabilities(image_id, probs, affine,
+                                                                  int(getattr(pred, "generation", 0)))
                 del probs
                 out = self._save(image_id, str(version), label, np.asarray(affine), entry, scores)
                 self._on_computed(image_id, str(version), entry, scores)

@@ -62,8 +62,7 @@ class AnnotationService:
         self.images = images
         self.outputs = ModelOutputs(self.studies, predictor or (lambda: None), model_version or (lambda: None),
                                     self._image_ids, images.get_image_uri, busy=busy,
-                                    on_computed=self.catalog.set_model_outputs,
-                                    model_round=ledger.models_published)
+                                    on_computed=self.catalog.set_model_outputs)
 
     def budget_status(self) -> dict[str, Any]:
         return self.ledger.budget_status(len(self.images.list_images()))

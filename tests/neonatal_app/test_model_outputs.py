@@ -21,6 +21,7 @@ class FakePredictor:
 
     def __init__(self, version: list[str], delay: float = 0.0, fail: set[str] | None = None) -> None:
         self.version, self.delay, self.fail = version, delay, fail or set()
+        self.generation = 0  # as training.infer.Predictor: the checkpoint's model generation
         self.calls: list[tuple[str, str]] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -47,9 +48,8 @@ def scans():
     return [f"scan{i}" for i in range(4)]
 
 
-def make(tmp_path, scans, pred, version, model_round=lambda: 0):
-    return ModelOutputs(tmp_path, lambda: pred, lambda: version[0], lambda: list(scans), lambda i: i,
-                        model_round=model_round)
+def make(tmp_path, scans, pred, version):
+    return ModelOutputs(tmp_path, lambda: pred, lambda: version[0], lambda: list(scans), lambda i: i)
 
 
 def test_background_worker_does_each_scan_once_per_model_and_a_restart_reuses_the_cache(tmp_path, scans):
@@ -102,11 +102,12 @@ def test_a_new_model_never_blocks_readers_who_get_the_previous_outputs_meanwhile
 
 
 def test_scores_carry_the_generation_of_the_model_that_made_them(tmp_path, scans):
-    """claspe's noise schedule reads the model's generation from the scores (server: published retrainings)."""
-    version, generation = ["v1"], [0]
-    outputs = make(tmp_path, scans, FakePredictor(version), version, model_round=lambda: generation[0])
+    """claspe's noise schedule reads the generation of the model that made the scores (its checkpoint's)."""
+    version, pred = ["v1"], FakePredictor(["v1"])
+    pred.version = version
+    outputs = make(tmp_path, scans, pred, version)
     assert int(outputs.current(scans[0]).scores[MODEL_ROUND]) == 0
-    version[0], generation[0] = "v2", 3
+    version[0], pred.generation = "v2", 3
     assert int(outputs.current(scans[0]).scores[MODEL_ROUND]) == 3
     assert int(make(tmp_path, scans, FakePredictor(version), version).latest(scans[0]).scores[MODEL_ROUND]) == 3
 

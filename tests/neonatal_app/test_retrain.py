@@ -133,6 +133,8 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(inprocess_app,
     import training.evaluate.segmentation as ev
     import training.fit.train as tr
     from neonatal_app.lib.configs.segmentation import model_path
+    from neonatal_app.lib.trainers.segmentation import next_generation
+    from training.model.checkpoint import checkpoint_generation
 
     studies = served_copy(synth_root, tmp_path)
     seen = {}
@@ -176,3 +178,9 @@ def test_trainer_keeps_the_served_model_when_the_new_one_is_worse(inprocess_app,
         out = trainer({"model": "segmentation"}, app.datastore())
         assert out["published"] is True
         assert hashlib.sha256(model_path(studies).read_bytes()).hexdigest() != served
+        # the published model is one generation past the served one (which carried none: generation 0)
+        assert checkpoint_generation(model_path(studies)) == 1
+        scores.update({"segmentation.pt": 0.7})
+        assert trainer({"model": "segmentation"}, app.datastore())["published"] is True
+        assert checkpoint_generation(model_path(studies)) == 2
+    assert next_generation(tmp_path / "no-model.pt") == 0

@@ -93,9 +93,11 @@ class Predictor:
         device: str | torch.device | None = None,
         fast: bool = True,
         threads: int | None = None,
+        generation: int = 0,
         **overrides: Any,
     ) -> None:
         self.device = _device(device)
+        self.generation = int(generation)  # the checkpoint's model generation (active selection's schedule)
         self.network_cfg = network_cfg
         self.preprocess_cfg = preprocess_cfg
         self.fast = fast
@@ -136,7 +138,8 @@ class Predictor:
     ) -> Predictor:
         """Load a checkpoint written by ``training.model.checkpoint.save_checkpoint``."""
         ck = load_checkpoint(path, map_location="cpu")
-        return cls(ck.model, ck.network, ck.preprocess, device=device, fast=fast, **overrides)
+        return cls(ck.model, ck.network, ck.preprocess, device=device, fast=fast, generation=ck.generation,
+                   **overrides)
 
     def describe(self) -> dict:
         """The resolved settings and device, for logs and the app's model info."""

@@ -22,6 +22,9 @@ from training.model.network import NetworkConfig, build_network
 
 CHECKPOINT_VERSION = 1
 FORMAT = "neolabel-checkpoint"
+GENERATION = "generation"
+"""``extra`` entry: which published model of an annotation project this is (0 = the first; see
+:func:`copy_with_generation`). Active selection's noise schedule runs on it, so it travels with the weights."""
 
 
 class CheckpointError(ValueError):
@@ -58,6 +61,10 @@ class Checkpoint:
     class_table: list
     version: dict
     raw: dict = field(repr=False)
+
+    @property
+    def generation(self) -> int:
+        return _generation(self.raw)
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -114,9 +121,11 @@ def save_checkpoint(
     return atomic_write(p, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint and rebuild its network (eval mode) from the stored config."""
-    p = Path(path)
+def _generation(raw: dict) -> int:
+    return int((raw.get("extra") or {}).get(GENERATION, 0))
+
+
+def _read_raw(p: Path, map_location: str | torch.device = "cpu") -> dict:
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     try:
@@ -126,6 +135,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{p}: not a readable checkpoint ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a neolabel checkpoint")
+    return raw
+
+
+def checkpoint_generation(path: str | os.PathLike) -> int:
+    """The stored generation of a checkpoint (0 when none was stored: a first or an imported model)."""
+    return _generation(_read_raw(Path(path)))
+
+
+def copy_with_generation(src: str | os.PathLike, dst: str | os.PathLike, generation: int) -> Path:
+    """Atomically write ``src`` to ``dst`` as model generation ``generation`` (weights and configs unchanged)."""
+    raw = _read_raw(Path(src))
+    raw["extra"] = {**(raw.get("extra") or {}), GENERATION: int(generation)}
+    return atomic_write(Path(dst), lambda tmp: torch.save(raw, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint and rebuild its network (eval mode) from the stored config."""
+    p = Path(path)
+    raw = _read_raw(p, map_location)
     ver = raw.get("version", {})
     if int(ver.get("checkpoint", 0)) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format {ver.get('checkpoint')} is newer than supported "

@@ -33,7 +33,7 @@ from strategies.annotate.settings import AppConfig
 from strategies.annotate.state import STATE_DIR
 from training.data.labels import class_table
 from training.data.nifti import atomic_write, atomic_write_text
-from training.model.checkpoint import CheckpointError, load_checkpoint
+from training.model.checkpoint import CheckpointError, checkpoint_generation, copy_with_generation, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class SegmentationTrainer(TrainTask):
             else:
                 reason = f"validation tissue Dice {new:.4f}: published (first model)"
         if published:
-            publish(result.best_path, self.model_path)
+            publish(result.best_path, self.model_path, generation=next_generation(self.model_path))
         stats["published"] = published
         stats["message"] = reason
         log.info("training finished: %s", reason)
@@ -192,9 +192,24 @@ class SegmentationTrainer(TrainTask):
         return stats
 
 
-def publish(src: str | Path, model_path: str | Path) -> Path:
-    """Copy a checkpoint beside the model path, then ``os.replace`` it in: readers never see half a file."""
+def publish(src: str | Path, model_path: str | Path, generation: int | None = None) -> Path:
+    """Copy a checkpoint beside the model path, then ``os.replace`` it in: readers never see half a file.
+    With ``generation`` the copy is stamped as that model generation (a retraining's result)."""
+    if generation is not None:
+        return copy_with_generation(src, model_path, generation)
     return atomic_write(model_path, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def next_generation(model_path: str | Path) -> int:
+    """The generation of a retrained model: one past the served model's (0 when none is served), so the
+    active-selection schedule follows the models, whatever was uploaded or lost between trainings."""
+    served = Path(model_path)
+    if not served.is_file():
+        return 0
+    try:
+        return checkpoint_generation(served) + 1
+    except CheckpointError:  # an unreadable served file is replaced; its place in the schedule is unknown
+        return 0
 
 
 class ModelRefused(ValueError):

@@ -75,3 +75,30 @@ def test_checkpoint_of_a_cuda_model_is_not_larger(tmp_path):
     cpu_file = save_checkpoint(tmp_path / "cpu.pt", net, **kw)
     gpu_file = save_checkpoint(tmp_path / "gpu.pt", net.cuda(), **kw)
     assert gpu_file.stat().st_size <= cpu_file.stat().st_size * 1.01
+
+
+def test_a_copy_with_a_generation_keeps_the_model_and_tells_its_generation(tmp_path):
+    from training.data.preprocess import PreprocessConfig
+    from training.infer.predictor import Predictor
+    from training.model.checkpoint import (
+        CheckpointError,
+        checkpoint_generation,
+        copy_with_generation,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(0)
+    cfg = network_config("tiny")
+    src = save_checkpoint(tmp_path / "new.pt", build_network(cfg), network=cfg, preprocess=PreprocessConfig(),
+                          train_config={"seed": 1}, epoch=3, metrics={}, extra={"note": "kept"})
+    assert checkpoint_generation(src) == 0  # nothing stored: a first or an imported model
+    out = copy_with_generation(src, tmp_path / "served.pt", 4)
+    a, b = load_checkpoint(src), load_checkpoint(out)
+    assert b.generation == 4 and checkpoint_generation(out) == 4 and b.raw["extra"]["note"] == "kept"
+    assert b.epoch == 3 and b.train_config == a.train_config
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    assert Predictor.from_checkpoint(out, device="cpu").generation == 4
+    with pytest.raises(CheckpointError, match="not found"):
+        copy_with_generation(tmp_path / "missing.pt", tmp_path / "x.pt", 1)
+    assert not (tmp_path / "x.pt").exists()
