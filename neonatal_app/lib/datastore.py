@@ -29,7 +29,16 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
 from neonatal_app.lib.auth import acting_client, require
-from neonatal_app.lib.trash import list_trash, move_to_trash
+from neonatal_app.lib.trash import (
+    TrashError,
+    list_trash,
+    mark_restored,
+    move_back,
+    move_to_trash,
+    plan_restore,
+    read_entry,
+)
+from strategies.annotate.db import audit
 from strategies.annotate.intake import SubmissionIntake
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.original import shown_dir
@@ -225,9 +234,11 @@ class NeolabelDatastore(LocalDatastore):
         if tag not in obj.labels:
             raise http_error(404, f"image {label_id!r} has no {tag!r} label")
         paths = [self._label_file(label_id, tag)]
+        extra = {}
         if tag == FINAL:
             paths.append(self.intake.submissions_dir / label_id)
-        self._trash(label_id, tag, paths, "label.delete")
+            extra["annotations"] = self.intake.ledger.annotations_of(label_id)  # counted again on restore
+        self._trash(label_id, tag, paths, "label.delete", extra)
         with self._registry_lock:
             obj.labels.pop(tag, None)
         self._update_datastore_file()
@@ -253,12 +264,58 @@ class NeolabelDatastore(LocalDatastore):
         ext = self._datastore.objects[image_id].labels[tag].ext
         return Path(self._datastore.label_path(tag)) / self._filename(image_id, ext)
 
-    def _trash(self, image_id: str, tag: str | None, paths: list[Path], action: str) -> None:
+    def _trash(self, image_id: str, tag: str | None, paths: list[Path], action: str,
+               extra: dict[str, Any] | None = None) -> None:
         actor = acting_client(None) or ANONYMOUS
         name = image_id if tag is None else f"{image_id}-{tag}"
-        entry = move_to_trash(self._datastore_path, paths, name, {"image": image_id, "tag": tag}, actor, action,
-                              self._db)
+        entry = move_to_trash(self._datastore_path, paths, name, {"image": image_id, "tag": tag, **(extra or {})},
+                              actor, action, self._db)
         log.warning("%s: %s %s moved to %s", actor, image_id, tag or "(image)", entry)
+
+    def restore_label(self, entry: str) -> dict[str, Any]:
+        """``POST /neolabel/trash/{entry}/restore`` (admin): a deleted label back in place, a ``final`` label's
+        slices spent again — unless something newer took its place (409, nothing changed). Slices first,
+        files second: a crash in between leaves slices spent without their label, which the next start
+        releases again (``_release_unlabelled``), as after an interrupted deletion."""
+        try:
+            folder, manifest = read_entry(self._datastore_path, entry)
+            image_id, tag = manifest.get("image"), manifest.get("tag")
+            if tag is None:
+                raise TrashError(f"{entry!r} holds a deleted scan: add it again (PUT /datastore/image) or move its "
+                                 "files back by hand, as its manifest lists them", 409)
+            obj = self._known(image_id)
+            actor = acting_client(None) or ANONYMOUS
+            with self.intake.lock:  # no submission of this scan in between
+                if tag in obj.labels or self.label_path(image_id, tag).exists():
+                    raise TrashError(f"{image_id} has a {tag!r} label again; the deleted one is not restored over it",
+                                     409)
+                pairs = plan_restore(self._datastore_path, folder, manifest)
+                counted = 0
+                if tag == FINAL:
+                    counted = self.intake.ledger.restore_annotations(image_id, manifest.get("annotations") or {},
+                                                                     actor)
+                moved = move_back(pairs)
+                self._register_label(image_id, tag, manifest)
+                mark_restored(folder, manifest, actor)
+        except TrashError as exc:
+            raise http_error(exc.status, str(exc)) from None
+        except SubmissionRejected as exc:
+            raise http_error(exc.status, str(exc)) from None
+        with self._db.transaction() as con:
+            audit(con, actor, "label.restore", image_id, {"tag": tag, "trash": entry, "files": moved,
+                                                         "slices": counted})
+        self._refresh_status()
+        return {"image": image_id, "tag": tag, "files": moved, "slices_counted": counted}
+
+    def _register_label(self, image_id: str, tag: str, manifest: dict[str, Any]) -> None:
+        """The restored label file in the registry (and the datastore JSON), under the extension it had."""
+        folder = Path(os.path.relpath(self._datastore.label_path(tag), os.path.abspath(self._datastore_path)))
+        name = next(Path(f).name for f in manifest.get("files") or []
+                    if Path(f).parent == folder and Path(f).name.startswith(image_id + "."))
+        with self._registry_lock:
+            self._datastore.objects[image_id].labels[tag] = DataModel(
+                info={"ts": int(time.time()), "name": name}, ext=name[len(image_id):])
+        self._update_datastore_file()
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         try:

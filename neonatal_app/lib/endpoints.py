@@ -14,7 +14,8 @@ answers; every one depends on ``get_current_user`` and so passes the same guard 
   Label: 500, or a task that fails in the background).
 * ``GET /neolabel/users`` (admin), ``/neolabel/assignments`` (annotators their own open ones,
   reviewers everyone's), ``/neolabel/submissions`` and ``.../{id}/file`` (reviewers: every raw
-  submission), ``/neolabel/trash`` (admin: what deletions moved away).
+  submission), ``/neolabel/trash`` (admin: what deletions moved away) and
+  ``POST /neolabel/trash/{entry}/restore`` (admin: a deleted label back, its slices spent again).
 Model changes and training starts and stops are audited with the user who made them.
 """
 
@@ -167,6 +168,11 @@ async def submission_file(submission_id: int, user: User = Depends(get_current_u
 @router.get("/neolabel/trash", summary="What deletions moved to the trash, newest first (admin)")
 async def trash(user: User = Depends(get_current_user)) -> dict[str, Any]:
     return {"trash": list_trash(app_instance().studies)}
+
+
+@router.post("/neolabel/trash/{entry}/restore", summary="Put a deleted label back, its slices counted again (admin)")
+def restore(entry: str, user: User = Depends(get_current_user)) -> dict[str, Any]:
+    return app_instance().datastore().restore_label(entry)
 
 
 def install(app: FastAPI) -> None:

@@ -74,7 +74,7 @@ class SubmissionIntake:
         self.submissions_dir = Path(studies) / STATE_DIR / "submissions"
         self.refused_dir = Path(studies) / STATE_DIR / "refused"
         self._root = Path(studies)
-        self._lock = threading.Lock()  # one save at a time: read previous → merge → write
+        self.lock = threading.Lock()  # one save at a time: read previous → merge → write (a restore holds it too)
 
     def keep_raw(self, image_id: str, src: str, tag: str, root: Path | None = None) -> Path:
         """Copy the upload verbatim to ``<root>/<image>/<nnnn>-<tag>.nii[.gz]`` (root: ``submissions``);
@@ -163,7 +163,7 @@ class SubmissionIntake:
         (label id, summary), or :class:`SubmissionRejected` with nothing changed. A ``final`` label is judged
         against the submitter's own assignment and the ``original`` label they were given with it, even when
         the scan has been handed to someone else since (:meth:`_original_shown`)."""
-        with self._lock:
+        with self.lock:
             assignments, holder = self.ledger.assignment_of(image_id, client_id) if tag == FINAL else (None, None)
             try:
                 original = self._original_shown(image_id, holder)

@@ -229,11 +229,46 @@ class AnnotationLedger:
             audit(con, actor, "image.forget", image_id)
         self.catalog.forget(image_id)
 
+    def annotations_of(self, image_id: str) -> dict[str, Any]:
+        """What :meth:`release_annotations` takes away — the scan's ledger rows and progress — as JSON, kept
+        with the deleted label in the trash so that :meth:`restore_annotations` can count them again."""
+        con = self.db.read()
+        rows = con.execute("SELECT axis, idx, submission_id FROM ledger WHERE image = ? ORDER BY axis, idx",
+                           (image_id,)).fetchall()
+        scan = con.execute("SELECT annotated, visits FROM scans WHERE id = ?", (image_id,)).fetchone()
+        return {"slices": [[r["axis"], int(r["idx"]), r["submission_id"]] for r in rows],
+                "annotated": {} if scan is None else annotated_of(scan),
+                "visits": 0 if scan is None else int(scan["visits"])}
+
+    def restore_annotations(self, image_id: str, saved: Mapping[str, Any], actor: str = ANONYMOUS) -> int:
+        """A deleted ``final`` label comes back from the trash: its slices (``saved``, from
+        :meth:`annotations_of`) are spent again. Refused (409, nothing changed) while the scan is leased or
+        once slices of it were annotated again: then the restored label and the newer work would overlap.
+        The number of slices counted."""
+        slices = [(str(a), int(i), sub) for a, i, sub in saved.get("slices") or []]
+        with self.db.transaction() as con:
+            lease = con.execute("SELECT client_id FROM leases WHERE image = ? AND expires_at > ?",
+                                (image_id, _iso(datetime.now(timezone.utc)))).fetchone()
+            if lease is not None:
+                raise SubmissionRejected(f"{image_id} is assigned to {lease['client_id']} now: restore its label "
+                                         "after that assignment is submitted or expires", 409)
+            if con.execute("SELECT 1 FROM ledger WHERE image = ? LIMIT 1", (image_id,)).fetchone() is not None:
+                raise SubmissionRejected(f"slices of {image_id} were annotated again after the deletion: the old "
+                                         "label is not restored over them", 409)
+            con.executemany("INSERT INTO ledger (image, axis, idx, submission_id) VALUES (?, ?, ?, ?)",
+                            [(image_id, a, i, sub) for a, i, sub in slices])
+            con.execute("UPDATE scans SET annotated = ?, visits = ? WHERE id = ?",
+                        (json.dumps(saved.get("annotated") or {}), int(saved.get("visits") or 0), image_id))
+            cfg = self.catalog.plan_cfg(con)
+            if cfg is not None:
+                self.catalog.replan_scan(con, image_id, cfg)
+            audit(con, actor, "label.recount", image_id, {"slices": len(slices)})
+        return len(slices)
+
     def release_annotations(self, image_id: str, actor: str = ANONYMOUS) -> int:
         """The image's ``final`` label was deleted (moved to the trash): its slices leave the budget ledger and
         the scan's progress, so they are no longer spent and the scan is offered again. The submissions and
-        the audit trail stay. Restoring the label from the trash does not count its slices again. The number
-        of slices freed."""
+        the audit trail stay; :meth:`restore_annotations` counts them again. The number of slices freed."""
         with self.db.transaction() as con:
             freed = con.execute("DELETE FROM ledger WHERE image = ?", (image_id,)).rowcount
             con.execute("UPDATE scans SET annotated = '{}', visits = 0 WHERE id = ?", (image_id,))

@@ -174,6 +174,8 @@ def _administration(m: Matrix, a: str, b: str, served_model: Path, garbage: Path
     m.check("DELETE /datastore/label final", "DELETE", f"/datastore/label?id={a}&tag=final", _expect())
     m.check("DELETE /datastore/image", "DELETE", f"/datastore/image?id={b}", _expect())
     m.check("GET /neolabel/trash", "GET", "/neolabel/trash", _expect())
+    m.check("POST /neolabel/trash/{entry}/restore (admin: unknown entry)", "POST", "/neolabel/trash/none/restore",
+            _expect(admin=404))
     m.check("POST /reload", "POST", "/reload", _expect())  # the app is rebuilt: the same guard comes back
 
 

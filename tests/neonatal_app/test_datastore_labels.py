@@ -502,6 +502,70 @@ def test_deleting_a_final_label_frees_its_slices_for_annotation_again(inprocess_
     assert not (studies / raws[0]).exists()  # Alice's file is in the trash, under its old name
 
 
+def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_work(inprocess_app, oracle,
+        painted, studies, synth_root, tmp_path):
+    """POST /neolabel/trash/{entry}/restore: the label and its raw submissions come back byte for byte and
+    its slices are spent again; while the scan is leased, once it has a label again, twice, or for an
+    unknown or a scan entry the answer is a 4xx and nothing changes."""
+    import hashlib
+    import sqlite3
+
+    with inprocess_app(studies, {"budget_dispersion": "1.0", "budget_total_slices": "1000"}) as (client, _app):
+        a = client.post("/activelearning/budget", json={"client_id": "alice"}).json()
+        image_id, n = a["id"], sum(len(s["indices"]) for s in a["slices"])
+        ref = oracle(synth_root, image_id)
+        p = tmp_path / "alice.nii.gz"
+        save_volume(p, painted(ref, a["slices"], stray=False), ref.affine, np.uint8)
+        assert _put(client, image_id, p).json()["slices_accepted"] == n
+        final = studies / "labels" / "final" / f"{image_id}.nii.gz"
+        digest = hashlib.sha256(final.read_bytes()).hexdigest()
+        sub = client.get(f"/neolabel/submissions?image={image_id}").json()["submissions"][0]
+        assert client.delete(f"/datastore/label?id={image_id}&tag=final").status_code == 200
+        entry = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "final")["entry"]
+
+        # leased again (Carol): refused, nothing moved
+        assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == image_id
+        r = client.post(f"/neolabel/trash/{entry}/restore")
+        assert r.status_code == 409 and "carol" in r.json()["detail"] and not final.exists()
+        assert client.get("/info/").json()["budget"]["spent_slices"] == 0
+        _expire_leases(studies)  # Carol never saved
+
+        r = client.post(f"/neolabel/trash/{entry}/restore")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"image": image_id, "tag": "final", "files": 2, "slices_counted": n}
+        assert hashlib.sha256(final.read_bytes()).hexdigest() == digest
+        assert client.get(f"/neolabel/submissions/{sub['id']}/file").status_code == 200  # Alice's raw file is back
+        budget = client.get("/info/").json()["budget"]
+        assert budget["spent_slices"] == n and budget["scans_touched"] == 1
+        assert client.get(f"/datastore/label?label={image_id}&tag=final").status_code == 200
+        nxt = client.post("/activelearning/budget", json={"client_id": "dave"}).json()
+        assert nxt.get("id") != image_id  # whole-scan dispersion: the restored scan is done again
+
+        assert client.post(f"/neolabel/trash/{entry}/restore").status_code == 409  # twice
+        assert client.post("/neolabel/trash/nosuchentry/restore").status_code == 404
+        assert client.post("/neolabel/trash/..%2F..%2Fetc/restore").status_code == 404
+        # a second deletion, then a new label by Erin: the old one is never restored over hers
+        assert client.delete(f"/datastore/label?id={image_id}&tag=final").status_code == 200
+        second = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "final"
+                      and "restored_at" not in e)["entry"]
+        e = client.post("/activelearning/budget", json={"client_id": "erin"}).json()
+        q = tmp_path / "erin.nii.gz"
+        save_volume(q, painted(ref, e["slices"], stray=False), ref.affine, np.uint8)
+        assert _put(client, image_id, q, params={"client_id": "erin"}).status_code == 200
+        erin = final.read_bytes()
+        r = client.post(f"/neolabel/trash/{second}/restore")
+        assert r.status_code == 409 and final.read_bytes() == erin
+        assert client.get("/info/").json()["budget"]["spent_slices"] == n
+        # a deleted scan is not restored through the API
+        other = nxt["id"]
+        assert client.delete(f"/datastore/image?id={other}").status_code == 200
+        scan_entry = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] is None)["entry"]
+        assert client.post(f"/neolabel/trash/{scan_entry}/restore").status_code == 409
+    with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con:
+        actions = [r[0] for r in con.execute("SELECT action FROM audit WHERE target = ? ORDER BY id", (image_id,))]
+    assert "label.recount" in actions and "label.restore" in actions
+
+
 def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_app, oracle, painted, studies,
         synth_root, tmp_path):
     """kill -9 after the label moved to the trash but before its slices were released: the next start
