@@ -111,9 +111,19 @@ def _audit_start(model: str, task: Any, params: dict | None, run_sync: bool, enq
 @router.post("/train/{model}", summary="Train a model (admin); the start is audited")
 async def train_model(model: str, params: dict | None = None, run_sync: bool = False, enqueue: bool = False,
                       user: User = Depends(get_current_user)) -> Any:
-    task = monai_train.run_model(_trainer(model), params, run_sync, enqueue)  # 429 when one runs already
-    _audit_start(model, task, params, run_sync, enqueue)
-    return task
+    _trainer(model)
+    if not run_sync:
+        task = monai_train.run_model(model, params, run_sync, enqueue)  # 429 when one runs already
+        _audit_start(model, task, params, run_sync, enqueue)
+        return task
+    # a synchronous training answers when it is done: its start is audited before, a refusal after
+    _audit_start(model, None, params, run_sync, enqueue)
+    try:
+        return monai_train.run_model(model, params, run_sync, enqueue)
+    except HTTPException as exc:
+        _audit("train.refused", model, {"status": exc.status_code, "detail": exc.detail},
+               (params or {}).get("client_id"))
+        raise
 
 
 @router.post("/train/", include_in_schema=False)

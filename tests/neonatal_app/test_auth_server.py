@@ -342,6 +342,18 @@ def test_training_starts_and_stops_are_audited(local_server, tmp_path, monkeypat
         ("root", "train.start", "segmentation", {"task": "task-1", "params": {}, "run_sync": False, "enqueue": True}),
         ("root", "train.stop", "segmentation", {"task": "task-1"}),
     ]
+    # run_sync: the request returns when the training is done, so its start is in the log before it runs
+    seen = []
+    monkeypatch.setattr(app, "train", lambda request: seen.append(audited()[-1]) or {"status": "done"})
+    r = call("POST", "/train/segmentation?run_sync=true", "root", json={})
+    assert r.status_code == 200 and r.json() == {"status": "done"}
+    assert seen == [("root", "train.start", "segmentation", {"task": None, "params": {}, "run_sync": True,
+                                                             "enqueue": False})]
+    assert call("POST", "/train/segmentation", "root", json={}).json()["id"] == "task-2"
+    assert call("POST", "/train/segmentation?run_sync=true", "root", json={}).status_code == 429
+    assert [row[1] for row in audited()[-2:]] == ["train.start", "train.refused"] and len(seen) == 1
+    assert audited()[-1][3]["status"] == 429
+    call("DELETE", "/train/", "root")
 
 
 def test_without_auth_only_loopback_is_answered(inprocess_app, served_copy, synth_root, tmp_path):
