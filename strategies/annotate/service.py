@@ -103,11 +103,13 @@ class AnnotationService:
 
 
     # ------------------------------------------------------------------ next sample
-    def next_sample(self, strategy: str, selection: str | None, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Assign the next scan and slices to the requesting client; ``{}`` when there is nothing to do."""
+    def next_sample(self, strategy: str, selection: str | None, request: Mapping[str, Any],
+                    edits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Assign the next scan and slices to the requesting client; ``{}`` when there is nothing to do.
+        ``edits``: the settings edits the caller already read from the request (and checked the role for)."""
         client_id = str(request.get("client_id") or request.get("user") or ANONYMOUS)
-        # only the admin-editable `budget` strategy's options table changes the shared settings
-        edits = self.ledger.table_edits(request) if strategy == "budget" else {}
+        if edits is None:  # only the admin-editable `budget` strategy's options table changes the shared settings
+            edits = self.ledger.table_edits(request) if strategy == "budget" else {}
         settings = self.ledger.update_settings(edits, actor=client_id)
         cfg = budget_config(settings, selection)
         self.sync()

@@ -50,8 +50,7 @@ class AnnotationStrategy(Strategy):
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         request = dict(request)
-        if self.editable:
-            self._check_edit(request)
+        edits = self._check_edit(request) if self.editable else {}
         # logged in: the lease is the user's (two Slicers with the default client id no longer share one);
         # the plugin's client id stays only as a device note
         device = request.get("client_id")
@@ -59,19 +58,21 @@ class AnnotationStrategy(Strategy):
         if device not in (None, request["client_id"]):
             request["device_id"] = device
         try:
-            answer = self.service.next_sample(self.name, self.selection, request)
+            answer = self.service.next_sample(self.name, self.selection, request, edits=edits)
         except SubmissionRejected as exc:
             raise http_error(exc.status, str(exc)) from None
         if answer.get("id"):  # the plugin downloads the image without its token (see neonatal_app.lib.auth)
             note_download(answer["id"], float(self.service.ledger.settings()["lease_minutes"]))
         return answer
 
-    def _check_edit(self, request: dict[str, Any]) -> None:
-        """Changing the settings needs the admin role (refused, not silently dropped); what is an edit — a value
-        that differs from the table as it was served — is the ledger's ``table_edits``."""
+    def _check_edit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request's edits of the settings, which need the admin role (refused, not silently dropped); what
+        is an edit — a value that differs from the table as it was served — is the ledger's ``table_edits``.
+        The service applies exactly these (not a second reading that an admin's edit in between could change)."""
         edits = self.service.ledger.table_edits(request)
         if edits:
             require(CONFIGURE, "changing the budget settings (" + ", ".join(sorted(edits)) + ")")
+        return edits
 
 
 class BudgetStrategy(AnnotationStrategy):
