@@ -183,7 +183,10 @@ class NeonatalApp(MONAILabelApp):
         return task
 
     def _audit_automatic_start(self, reason: str, task_id: str | None) -> None:
-        with self.db.transaction() as con:
-            audit(con, "server", "train.start", MODEL_NAME, {"reason": reason, "task": task_id, "automatic": True})
+        try:
+            with self.db.transaction() as con:
+                audit(con, "server", "train.start", MODEL_NAME, {"reason": reason, "task": task_id, "automatic": True})
+        except Exception:  # the training runs either way: a failed record must not look like a failed start
+            log.exception("automatic training start (%s, task %s) could not be audited", reason, task_id)
 
 

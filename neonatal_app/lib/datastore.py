@@ -96,8 +96,8 @@ class NeolabelDatastore(LocalDatastore):
         """Finish a ``final`` deletion that a crash interrupted: the label is in the trash and its slices are
         still spent. Only a scan with such a trash entry is released (an imported state may hold slices
         whose labels were never copied in; those stay spent)."""
-        unlabelled = [i for i in self.intake.ledger.images_with_spent_slices()
-                      if i in self._datastore.objects and not self.label_path(i, FINAL).is_file()]
+        unlabelled = [i for i in self.intake.ledger.images_with_spent_slices() if i in self._datastore.objects
+                      and not (self.label_path(i, FINAL).is_file() or os.path.isfile(self.get_label_uri(i, FINAL)))]
         if unlabelled:  # the manifests say exactly which image and tag each entry holds (names can be ambiguous)
             trashed = {m.get("image") for m in list_trash(self._datastore_path) if m.get("tag") == FINAL}
             for image_id in (i for i in unlabelled if i in trashed):
@@ -235,15 +235,16 @@ class NeolabelDatastore(LocalDatastore):
             raise http_error(404, f"image {label_id!r} has no {tag!r} label")
         paths = [self._label_file(label_id, tag)]
         extra = {}
-        if tag == FINAL:
-            paths.append(self.intake.submissions_dir / label_id)
-            extra["annotations"] = self.intake.ledger.annotations_of(label_id)  # counted again on restore
-        self._trash(label_id, tag, paths, "label.delete", extra)
-        with self._registry_lock:
-            obj.labels.pop(tag, None)
-        self._update_datastore_file()
-        if tag == FINAL:
-            self.intake.ledger.release_annotations(label_id, acting_client(None) or ANONYMOUS)
+        with self.intake.lock:  # no save of this scan between the snapshot of its slices and their release
+            if tag == FINAL:
+                paths.append(self.intake.submissions_dir / label_id)
+                extra["annotations"] = self.intake.ledger.annotations_of(label_id)  # counted again on restore
+            self._trash(label_id, tag, paths, "label.delete", extra)
+            with self._registry_lock:
+                obj.labels.pop(tag, None)
+            self._update_datastore_file()
+            if tag == FINAL:
+                self.intake.ledger.release_annotations(label_id, acting_client(None) or ANONYMOUS)
         self._refresh_status()
 
     def _checked(self, check: Any, value: Any, *args: Any) -> Any:
@@ -276,7 +277,9 @@ class NeolabelDatastore(LocalDatastore):
         """``POST /neolabel/trash/{entry}/restore`` (admin): a deleted label back in place, a ``final`` label's
         slices spent again — unless something newer took its place (409, nothing changed). Slices first,
         files second: a crash in between leaves slices spent without their label, which the next start
-        releases again (``_release_unlabelled``), as after an interrupted deletion."""
+        releases again (``_release_unlabelled``), as after an interrupted deletion; a failure in between is
+        undone here."""
+        actor = acting_client(None) or ANONYMOUS
         try:
             folder, manifest = read_entry(self._datastore_path, entry)
             image_id, tag = manifest.get("image"), manifest.get("tag")
@@ -284,22 +287,25 @@ class NeolabelDatastore(LocalDatastore):
                 raise TrashError(f"{entry!r} holds a deleted scan: add it again (PUT /datastore/image) or move its "
                                  "files back by hand, as its manifest lists them", 409)
             obj = self._known(image_id)
-            actor = acting_client(None) or ANONYMOUS
+            name = self._trashed_label_name(image_id, tag, folder, manifest)
+            saved = manifest.get("annotations")
+            if tag == FINAL and saved is None:
+                raise TrashError(f"{entry!r} was deleted before deletions kept the label's slices: move its files "
+                                 "back by hand (its slices are then not counted)", 409)
             with self.intake.lock:  # no submission of this scan in between
-                if tag in obj.labels or self.label_path(image_id, tag).exists():
+                if tag in obj.labels or (Path(self._datastore.label_path(tag)) / name).exists():
                     raise TrashError(f"{image_id} has a {tag!r} label again; the deleted one is not restored over it",
                                      409)
                 pairs = plan_restore(self._datastore_path, folder, manifest)
-                counted = 0
-                if tag == FINAL:
-                    counted = self.intake.ledger.restore_annotations(image_id, manifest.get("annotations") or {},
-                                                                     actor)
-                moved = move_back(pairs)
-                self._register_label(image_id, tag, manifest)
+                counted = self.intake.ledger.restore_annotations(image_id, saved, actor) if tag == FINAL else 0
+                try:
+                    moved = move_back(pairs)
+                    self._register_label(image_id, tag, name)
+                except BaseException:
+                    self._undo_restore(image_id, tag, pairs, tag == FINAL, actor)
+                    raise
                 mark_restored(folder, manifest, actor)
-        except TrashError as exc:
-            raise http_error(exc.status, str(exc)) from None
-        except SubmissionRejected as exc:
+        except (TrashError, SubmissionRejected) as exc:
             raise http_error(exc.status, str(exc)) from None
         with self._db.transaction() as con:
             audit(con, actor, "label.restore", image_id, {"tag": tag, "trash": entry, "files": moved,
@@ -307,15 +313,32 @@ class NeolabelDatastore(LocalDatastore):
         self._refresh_status()
         return {"image": image_id, "tag": tag, "files": moved, "slices_counted": counted}
 
-    def _register_label(self, image_id: str, tag: str, manifest: dict[str, Any]) -> None:
+    def _trashed_label_name(self, image_id: str, tag: str, folder: Path, manifest: dict[str, Any]) -> str:
+        """The label file's name (with the extension it had) among the entry's files; 409 when it is not there."""
+        labels = Path(os.path.relpath(self._datastore.label_path(tag), os.path.abspath(self._datastore_path)))
+        for f in manifest.get("files") or []:
+            rel = Path(f)
+            if rel.parent == labels and rel.name.startswith(image_id + ".") and (folder / "files" / rel).is_file():
+                return rel.name
+        raise TrashError(f"the trash entry {folder.name!r} holds no {tag!r} label file of {image_id}", 409)
+
+    def _register_label(self, image_id: str, tag: str, name: str) -> None:
         """The restored label file in the registry (and the datastore JSON), under the extension it had."""
-        folder = Path(os.path.relpath(self._datastore.label_path(tag), os.path.abspath(self._datastore_path)))
-        name = next(Path(f).name for f in manifest.get("files") or []
-                    if Path(f).parent == folder and Path(f).name.startswith(image_id + "."))
         with self._registry_lock:
             self._datastore.objects[image_id].labels[tag] = DataModel(
                 info={"ts": int(time.time()), "name": name}, ext=name[len(image_id):])
         self._update_datastore_file()
+
+    def _undo_restore(self, image_id: str, tag: str, pairs: list[tuple[Path, Path]], release: bool,
+                      actor: str) -> None:
+        """A restore that failed half-way: files that moved go back into the entry, counted slices are freed."""
+        for src, dest in pairs:
+            if (dest.exists() or dest.is_symlink()) and not (src.exists() or src.is_symlink()):
+                os.rename(dest, src)
+        with self._registry_lock:
+            self._datastore.objects[image_id].labels.pop(tag, None)
+        if release:
+            self.intake.ledger.release_annotations(image_id, actor)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         try:

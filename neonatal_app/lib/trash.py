@@ -6,7 +6,8 @@ lost — the label, for ``final`` also every raw submission behind it; for an im
 kept uploads — into ``<studies>/.neolabel/trash/<UTC time>-<image>[-<tag>]/``, keeping each file's
 path relative to the study set (links stay links), with a ``manifest.json`` written *before* the first
 move (what, who, when, from where). Restoring is moving the files back to the same relative paths
-(:func:`restore_files`, for a label ``POST /neolabel/trash/{entry}/restore``), never over a newer file.
+(:func:`plan_restore` + :func:`move_back`; for a label ``POST /neolabel/trash/{entry}/restore``), never
+over a newer file.
 Every deletion and restore is audited.
 """
 

@@ -255,6 +255,14 @@ class AnnotationLedger:
             if con.execute("SELECT 1 FROM ledger WHERE image = ? LIMIT 1", (image_id,)).fetchone() is not None:
                 raise SubmissionRejected(f"slices of {image_id} were annotated again after the deletion: the old "
                                          "label is not restored over them", 409)
+            spent = con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
+            leased = con.execute("SELECT COALESCE(SUM(n_slices), 0) FROM leases WHERE expires_at > ?",
+                                 (_iso(datetime.now(timezone.utc)),)).fetchone()[0]
+            total = int(get_json(con, "settings", "strategy")["budget_total_slices"])
+            if spent + leased + len(slices) > total:
+                raise SubmissionRejected(
+                    f"restoring {image_id}'s {len(slices)} slices would overspend the budget ({spent} spent, "
+                    f"{leased} leased of {total} since the deletion): raise budget_total_slices first", 409)
             con.executemany("INSERT INTO ledger (image, axis, idx, submission_id) VALUES (?, ?, ?, ?)",
                             [(image_id, a, i, sub) for a, i, sub in slices])
             con.execute("UPDATE scans SET annotated = ?, visits = ? WHERE id = ?",

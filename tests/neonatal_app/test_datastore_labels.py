@@ -523,12 +523,18 @@ def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_
         assert client.delete(f"/datastore/label?id={image_id}&tag=final").status_code == 200
         entry = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "final")["entry"]
 
+        completed = _app.datastore().status()["completed"]
         # leased again (Carol): refused, nothing moved
         assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == image_id
         r = client.post(f"/neolabel/trash/{entry}/restore")
         assert r.status_code == 409 and "carol" in r.json()["detail"] and not final.exists()
         assert client.get("/info/").json()["budget"]["spent_slices"] == 0
         _expire_leases(studies)  # Carol never saved
+        # the budget was lowered since: restoring would overspend it, so it waits for the admin to raise it
+        _app.ledger.update_settings({"budget_total_slices": n - 1}, actor="root")
+        r = client.post(f"/neolabel/trash/{entry}/restore")
+        assert r.status_code == 409 and "budget_total_slices" in r.json()["detail"] and not final.exists()
+        _app.ledger.update_settings({"budget_total_slices": 1000}, actor="root")
 
         r = client.post(f"/neolabel/trash/{entry}/restore")
         assert r.status_code == 200, r.text
@@ -538,12 +544,22 @@ def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_
         budget = client.get("/info/").json()["budget"]
         assert budget["spent_slices"] == n and budget["scans_touched"] == 1
         assert client.get(f"/datastore/label?label={image_id}&tag=final").status_code == 200
+        assert _app.datastore().status()["completed"] == completed + 1
         nxt = client.post("/activelearning/budget", json={"client_id": "dave"}).json()
-        assert nxt.get("id") != image_id  # whole-scan dispersion: the restored scan is done again
+        assert nxt["id"] and nxt["id"] != image_id  # whole-scan dispersion: the restored scan is done again
+        # a label of another tag comes back the same way (no slices to count)
+        draft = tmp_path / "draft.nii.gz"
+        save_volume(draft, ref.data.astype(np.uint8), ref.affine, np.uint8)
+        assert _put(client, image_id, draft, tag="draft").status_code == 200
+        assert client.delete(f"/datastore/label?id={image_id}&tag=draft").status_code == 200
+        d_entry = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "draft")["entry"]
+        r = client.post(f"/neolabel/trash/{d_entry}/restore")
+        assert r.status_code == 200 and r.json()["slices_counted"] == 0, r.text
+        assert client.get(f"/datastore/label?label={image_id}&tag=draft").status_code == 200
+        assert client.get("/info/").json()["budget"]["spent_slices"] == n
 
         assert client.post(f"/neolabel/trash/{entry}/restore").status_code == 409  # twice
         assert client.post("/neolabel/trash/nosuchentry/restore").status_code == 404
-        assert client.post("/neolabel/trash/..%2F..%2Fetc/restore").status_code == 404
         # a second deletion, then a new label by Erin: the old one is never restored over hers
         assert client.delete(f"/datastore/label?id={image_id}&tag=final").status_code == 200
         second = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "final"
@@ -564,6 +580,19 @@ def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_
     with contextlib.closing(sqlite3.connect(studies / ".neolabel" / "annotation.db")) as con:
         actions = [r[0] for r in con.execute("SELECT action FROM audit WHERE target = ? ORDER BY id", (image_id,))]
     assert "label.recount" in actions and "label.restore" in actions
+
+
+def test_trash_entry_names_never_leave_the_trash(tmp_path):
+    from neonatal_app.lib.trash import TrashError, move_to_trash, read_entry
+
+    (tmp_path / "x.txt").write_text("x")
+    entry = move_to_trash(tmp_path, [tmp_path / "x.txt"], "img", {"image": "img", "tag": "t"}, "root", "delete", None)
+    assert read_entry(tmp_path, entry.name)[1]["files"] == ["x.txt"]
+    (tmp_path / ".neolabel" / "manifest.json").write_text("{}")  # a manifest one level up
+    for name in ("..", ".", "", "../trash", f"{entry.name}/files", ".hidden", "nosuch"):
+        with pytest.raises(TrashError) as err:
+            read_entry(tmp_path, name)
+        assert err.value.status == 404
 
 
 def test_a_final_deletion_cut_short_by_a_crash_is_finished_at_startup(inprocess_app, oracle, painted, studies,
