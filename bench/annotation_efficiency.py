@@ -115,23 +115,43 @@ def _configs(p: Profile, work: Path, data: Path, args: argparse.Namespace) -> tu
     return static, loop
 
 
-def _data(p: Profile, work: Path, thick_axis: str | None) -> Path:
-    """The study set, generated once (thick-slice acquisition along ``thick_axis`` when given)."""
+DATA_RECORD = "data.json"
+"""How the study set was generated: in the work folder and in every run's results (runs merge only on equal ones)."""
+
+
+def _data(p: Profile, work: Path, thick_axis: str | None) -> tuple[Path, dict]:
+    """The study set, generated once (thick-slice acquisition along ``thick_axis`` when given), and its record;
+    a work folder whose data were generated otherwise is refused rather than reused."""
     from training.data.synthetic.write import write_study_set
 
-    data = work / "data"
-    marker = data / "participants.tsv"
-    if not marker.is_file():
+    data, record_file = work / "data", work / DATA_RECORD
+    record = {"subjects": p.subjects, "shape": list(p.shape), "spacing": p.spacing, "seed": 0, "thick_axis": thick_axis}
+    if (data / "participants.tsv").is_file():
+        old = json.loads(record_file.read_text()) if record_file.is_file() else None
+        if old is not None and old != record:
+            raise SystemExit(f"{data} was generated as {old}, not {record}: pass another --work")
+    else:
         extra = {"acquisition_axis": thick_axis} if thick_axis else {}
         write_study_set(data, p.subjects, shape=p.shape, spacing=p.spacing, seed=0, **extra)
-    return data
+    record_file.write_text(json.dumps(record) + "\n")
+    return data, record
 
 
-def _copy(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
+def _copy(src: Path, dst: Path, data_record: dict) -> None:
+    """One run's tables and figures into ``dst`` (cleared first). A resume that reused models keeps the
+    timing record of the run that trained them."""
+    old = dst / "timing.json"
+    first = json.loads(old.read_text()) if old.is_file() else None
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
     for pattern in KEEP:
         for f in src.glob(pattern):
             shutil.copy2(f, dst / f.name)
+    new = dst / "timing.json"
+    if first is not None and not first.get("reused") and json.loads(new.read_text()).get("reused"):
+        new.write_text(json.dumps(first, indent=1) + "\n")
+    (dst / DATA_RECORD).write_text(json.dumps(data_record) + "\n")
 
 
 def _f(v: float, nd: int = 3) -> str:
@@ -189,31 +209,64 @@ def last_line(s: dict) -> str:
     return " ".join(parts)
 
 
-def _run_name(part: str, offset: int, seeds: int) -> str:
-    return f"{part}-seeds{offset}-{offset + seeds - 1}"
+def _run_name(part: str, seeds: list[int]) -> str:
+    return f"{part}-seeds{min(seeds)}-{max(seeds)}"
 
 
-MAY_DIFFER = ("out", "data", "seeds", "seed_offset", "progress")
-"""Configuration entries that may differ between runs merged into one report (where, and which seeds)."""
+def _seeds_of(run: Path) -> set[int]:
+    return {r["seed"] for r in read_csv(run / "results.csv")} if (run / "results.csv").is_file() else set()
+
+
+def _check_new_seeds(results: Path, part: str, name: str, seeds: list[int]) -> None:
+    """Before training: seeds another run of this part holds already are refused (the merge would be)."""
+    for run in sorted((results / "runs").glob(f"{part}-seeds*")):
+        clash = _seeds_of(run) & set(seeds) if run.name != name else set()
+        if clash:
+            raise SystemExit(f"seed(s) {sorted(clash)} are in {run} already: choose others with --seed-offset")
+
+
+MAY_DIFFER = ("out", "data", "seeds", "seed_offset", "progress", "executor", "jobs")
+"""Configuration entries that may differ between runs merged into one report: where, which seeds, how they
+were run (also ``slurm_*`` and the ``threads`` override); everything else must agree."""
+
+
+def _what_was_simulated(run: Path) -> dict:
+    """What must agree for two runs to be reported together: configuration, split, loop plan, generated data."""
+    sim = json.loads((run / "simulation.json").read_text())
+    cfg = {k: v for k, v in sim["config"].items() if k not in MAY_DIFFER and not k.startswith("slurm_")}
+    cfg["train_overrides"] = {k: v for k, v in (cfg.get("train_overrides") or {}).items() if k != "threads"}
+    data = json.loads((run / DATA_RECORD).read_text()) if (run / DATA_RECORD).is_file() else None
+    return {"config": cfg, "test_ids": sim.get("test_ids"), "pool_ids": sim.get("pool_ids"),
+            "loop": sim.get("loop"), "data": data}
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix + k)
+    return out
 
 
 def _part_results(results: Path, part: str) -> tuple[list[dict], dict[str, float | None]]:
     """All runs of one part (``results/runs/<part>-seeds<a>-<b>``): their results, and each run's wall time
     (None where unknown: no timing record, or the record of a resume that reused earlier models).
 
-    Runs are merged only when they simulated the same thing (their configurations agree but for the
-    seeds and the folders) and no seed appears twice.
+    Runs are merged only when they simulated the same thing (configuration but for the seeds and how they
+    ran, split, loop plan and generated data) and no seed appears twice.
     """
     rows: list[dict] = []
     walls: dict[str, float | None] = {}
     ref = None
     for run in sorted((results / "runs").glob(f"{part}-seeds*")):
-        cfg = json.loads((run / "simulation.json").read_text())["config"]
-        same = {k: v for k, v in cfg.items() if k not in MAY_DIFFER}
-        if ref is not None and same != ref[1]:
-            diff = sorted(k for k in same if same.get(k) != ref[1].get(k))
-            raise SystemExit(f"{run.name} and {ref[0]} simulated different things ({', '.join(diff)}): not merged")
-        ref = ref or (run.name, same)
+        what = _what_was_simulated(run)
+        if ref is not None and what != ref[1]:
+            raise SystemExit(f"{run.name} and {ref[0]} simulated different things "
+                             f"({', '.join(_differences(what, ref[1]))}): not merged")
+        ref = ref or (run.name, what)
         got = read_csv(run / "results.csv")
         clash = {r["seed"] for r in got} & {r["seed"] for r in rows}
         if clash:
@@ -234,14 +287,17 @@ def merge(results: Path) -> tuple[dict, list[str]]:
             write_reports(results / part, rows, {"merged runs": ", ".join(walls), "seeds": seeds},
                           with_figures=True)
     summary, lines = summarise(static, loop)
-    # one entry per model: shared plans and the loop's shared seed-set model have the same timing
-    models = {(r["mode"] == "loop", r["seed"], r["n_slices"], r["train_seconds"]): r for r in (*static, *loop)}
+    # one entry per model: a shared plan's and the loop's shared seed-set model's rows are copies (same timing,
+    # same scores in every class); the CSV does not say which rows share a model
+    models = {(r["mode"], r["seed"], r["n_slices"], r["train_seconds"], json.dumps(r["scores"], sort_keys=True)): r
+              for r in (*static, *loop)}
     summary.update({"runs": {**s_walls, **l_walls}, "models": len(models),
+                    "seeds": {"static": sorted({r["seed"] for r in static}), "loop": sorted({r["seed"] for r in loop})},
                     "train_seconds_all_models": round(sum(r["train_seconds"] for r in models.values()), 1)})
     return summary, lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="≈ 10 min smoke version (2 CPU cores)")
@@ -260,26 +316,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="train nothing: report the runs already under <results>/runs together")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    name = "quick" if args.quick else "gpu" if args.gpu else "full"
-    p = PROFILES[name]
-    if args.seeds:
-        p = replace(p, seeds=args.seeds)
-    if args.axes:
-        p = replace(p, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()))
-    work = args.work or ROOT / "bench" / "out" / "efficiency" / name
-    results = args.results or ROOT / "bench" / "results" / "efficiency" / name
-    if not args.merge:
-        data = _data(p, work, args.thick_axis)
-        static_cfg, loop_cfg = _configs(p, work, data, args)
-        for part, cfg in (("static", static_cfg), ("loop", loop_cfg)):
-            if args.part in ("both", part):
-                run_simulation(cfg)
-                _copy(cfg.out, results / "runs" / _run_name(part, cfg.seed_offset, cfg.seeds))
+    return ap
+
+
+def run_parts(p: Profile, args: argparse.Namespace, work: Path, results: Path) -> None:
+    """Run the chosen parts, each into ``results/runs/<part>-seeds<a>-<b>`` (seeds checked before training)."""
+    data, record = _data(p, work, args.thick_axis)
+    static_cfg, loop_cfg = _configs(p, work, data, args)
+    parts = [(n, cfg) for n, cfg in (("static", static_cfg), ("loop", loop_cfg)) if args.part in ("both", n)]
+    seeds = list(range(args.seed_offset, args.seed_offset + p.seeds))
+    for part, _cfg in parts:
+        _check_new_seeds(results, part, _run_name(part, seeds), seeds)
+    for part, cfg in parts:
+        done = run_simulation(cfg)
+        if done.results:
+            _copy(cfg.out, results / "runs" / _run_name(part, sorted({r["seed"] for r in done.results})), record)
+
+
+def write_summary(results: Path, name: str, p: Profile) -> dict:
+    """Merge the runs, write ``summary.json`` / ``summary.md`` and print the findings and the last line."""
     summary, lines = merge(results)
-    summary.update({"profile": name, "config": {k: str(v) for k, v in p.__dict__.items()}})
+    config = {k: str(v) for k, v in p.__dict__.items() if k != "seeds"}  # the seeds are the merged runs'
+    summary.update({"profile": name, "config": config})
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    md = [f"# Annotation efficiency ({name} profile)", "", f"- configuration: {p}",
+    md = [f"# Annotation efficiency ({name} profile)", "",
+          "- configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()),
+          f"- seeds: static {summary['seeds']['static']}, loop {summary['seeds']['loop']}",
           "- runs (wall time): " + ", ".join(f"{k} ({'unknown' if v is None else f'{v:.0f} s'})"
                                              for k, v in summary["runs"].items()),
           f"- {summary['models']} models, training time of all models {summary['train_seconds_all_models']:.0f} s",
@@ -289,6 +351,22 @@ def main(argv: list[str] | None = None) -> int:
     (results / "summary.md").write_text("\n".join(md))
     print("\n".join(lines))
     print(last_line(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    name = "quick" if args.quick else "gpu" if args.gpu else "full"
+    p = PROFILES[name]
+    if args.seeds:
+        p = replace(p, seeds=args.seeds)
+    if args.axes:
+        p = replace(p, axes=tuple(a.strip() for a in args.axes.split(",") if a.strip()))
+    work = args.work or ROOT / "bench" / "out" / "efficiency" / name
+    results = args.results or ROOT / "bench" / "results" / "efficiency" / name
+    if not args.merge:
+        run_parts(p, args, work, results)
+    write_summary(results, name, p)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from apps.simulation.data import SimulationError
 from apps.simulation.run import run_simulation
 from training.data import labels as L
 from training.data.nifti import load_volume
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +155,54 @@ def test_runs_of_other_seeds_merge_into_the_run_of_all_seeds(tmp_path, sim_root)
     again = report.read_csv(tmp_path / "static" / "results.csv")
     assert report.csv_rows(again) == report.csv_rows(static.results)
     assert report.markdown(again, {}) == report.markdown(static.results, {})
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a simulation results.csv"):
-        (tmp_path / "x.csv").write_text("a,b\n1,2\n")
         report.read_csv(tmp_path / "x.csv")
+
+
+def test_the_benchmark_merges_runs_of_one_configuration_and_refuses_others(tmp_path, sim_root, monkeypatch):
+    """bench/annotation_efficiency.py: runs of other seeds report together (models counted once); a run of
+    another configuration, or a seed twice, is refused with the reason."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("annotation_efficiency", ROOT / "bench" / "annotation_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    record = {"subjects": 9, "thick_axis": None}
+    res = tmp_path / "results"
+    kw = dict(rounds=2, budgets=("5", "10", "20"), strategies=("claspe", "fgrandom"))
+    trained = set()
+    for s in (0, 1):
+        done = _run(_cfg(tmp_path / f"loop{s}", sim_root, seeds=1, seed_offset=s, **kw), CurveFake())
+        bench._copy(tmp_path / f"loop{s}", res / "runs" / f"loop-seeds{s}-{s}", record)
+        trained |= {r["checkpoint"] for r in done.results}
+    done = _run(_cfg(tmp_path / "static", sim_root, seeds=2, budgets=("5", "100"), dispersions=("0.33", "1.0")),
+                CurveFake())
+    bench._copy(tmp_path / "static", res / "runs" / "static-seeds0-1", record)
+    trained |= {r["checkpoint"] for r in done.results}
+    summary, _lines = bench.merge(res)
+    assert summary["seeds"] == {"static": [0, 1], "loop": [0, 1]}
+    # models counted once: the loop's seed-set model is both strategies' round 0, the 100 % plan is shared
+    assert summary["models"] == len(trained) and len(trained) >= 2 * 5 + 2 * 2
+    assert summary["best"] == "claspe" and "claspe" in summary["vs_fgrandom"]
+    assert (res / "loop" / "results.csv").is_file() and (res / "static" / "budget_curve.png").is_file()
+    with pytest.raises(SystemExit, match="seed"):
+        bench._check_new_seeds(res, "loop", "loop-seeds1-2", [1, 2])
+    bench._check_new_seeds(res, "loop", "loop-seeds1-1", [1])  # the same run again (a resume) is allowed
+
+    shutil.copytree(res / "runs" / "loop-seeds1-1", res / "runs" / "loop-seeds1-9")
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[1\]"):
+        bench.merge(res)
+    shutil.rmtree(res / "runs" / "loop-seeds1-9")
+    sim = json.loads((res / "runs" / "loop-seeds1-1" / "simulation.json").read_text())
+    sim["config"]["iterations"] = 7
+    (res / "runs" / "loop-seeds1-1" / "simulation.json").write_text(json.dumps(sim))
+    with pytest.raises(SystemExit, match="config.iterations"):
+        bench.merge(res)
+    sim["config"].update(iterations=1, jobs=4, train_overrides={"threads": 1})  # how it ran: may differ
+    (res / "runs" / "loop-seeds1-1" / "simulation.json").write_text(json.dumps(sim))
+    bench._copy(tmp_path / "loop1", res / "runs" / "loop-seeds1-1", {**record, "thick_axis": "sagittal"})
+    with pytest.raises(SystemExit, match="data.thick_axis"):
+        bench.merge(res)
