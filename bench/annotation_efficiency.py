@@ -236,8 +236,11 @@ def _what_was_simulated(run: Path) -> dict:
     cfg = {k: v for k, v in sim["config"].items() if k not in MAY_DIFFER and not k.startswith("slurm_")}
     cfg["train_overrides"] = {k: v for k, v in (cfg.get("train_overrides") or {}).items() if k != "threads"}
     data = json.loads((run / DATA_RECORD).read_text()) if (run / DATA_RECORD).is_file() else None
+    loop = dict(sim.get("loop") or {})
+    if loop.get("targets"):  # rounds grow to the targets; round_slices (from the first seed's plan) is unused
+        loop.pop("round_slices", None)
     return {"config": cfg, "test_ids": sim.get("test_ids"), "pool_ids": sim.get("pool_ids"),
-            "loop": sim.get("loop"), "data": data}
+            "loop": loop or None, "data": data}
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
