@@ -99,7 +99,8 @@ class NeolabelDatastore(LocalDatastore):
         unlabelled = [i for i in self.intake.ledger.images_with_spent_slices() if i in self._datastore.objects
                       and not (self.label_path(i, FINAL).is_file() or os.path.isfile(self.get_label_uri(i, FINAL)))]
         if unlabelled:  # the manifests say exactly which image and tag each entry holds (names can be ambiguous)
-            trashed = {m.get("image") for m in list_trash(self._datastore_path) if m.get("tag") == FINAL}
+            trashed = {m.get("image") for m in list_trash(self._datastore_path)
+                       if m.get("tag") == FINAL and not m.get("restored_at")}
             for image_id in (i for i in unlabelled if i in trashed):
                 freed = self.intake.ledger.release_annotations(image_id, "startup-repair")
                 log.warning("%s: final label missing, %d spent slice(s) released", image_id, freed)
@@ -218,11 +219,12 @@ class NeolabelDatastore(LocalDatastore):
         paths += [self._label_file(image_id, tag) for tag in obj.labels]
         paths += [self.intake.submissions_dir / image_id, self.intake.refused_dir / image_id,
                   shown_dir(self._datastore_path, image_id)]
-        self._trash(image_id, None, paths, "image.delete")
-        with self._registry_lock:
-            self._datastore.objects.pop(image_id, None)
-        self._update_datastore_file()
-        self.intake.ledger.forget_image(image_id)
+        with self.intake.lock:  # not while a save or a restore of it runs
+            self._trash(image_id, None, paths, "image.delete")
+            with self._registry_lock:
+                self._datastore.objects.pop(image_id, None)
+            self._update_datastore_file()
+            self.intake.ledger.forget_image(image_id)
         self._refresh_status()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
@@ -304,13 +306,16 @@ class NeolabelDatastore(LocalDatastore):
                 except BaseException:
                     self._undo_restore(image_id, tag, pairs, tag == FINAL, actor)
                     raise
-                mark_restored(folder, manifest, actor)
         except (TrashError, SubmissionRejected) as exc:
             raise http_error(exc.status, str(exc)) from None
-        with self._db.transaction() as con:
-            audit(con, actor, "label.restore", image_id, {"tag": tag, "trash": entry, "files": moved,
-                                                         "slices": counted})
         self._refresh_status()
+        try:  # the restore is done: a failure to record it is logged, not answered as a failed restore
+            mark_restored(folder, manifest, actor)
+            with self._db.transaction() as con:
+                audit(con, actor, "label.restore", image_id, {"tag": tag, "trash": entry, "files": moved,
+                                                             "slices": counted})
+        except Exception:
+            log.exception("%s: restore of %s (%s) done, but its record failed", actor, image_id, entry)
         return {"image": image_id, "tag": tag, "files": moved, "slices_counted": counted}
 
     def _trashed_label_name(self, image_id: str, tag: str, folder: Path, manifest: dict[str, Any]) -> str:
@@ -331,14 +336,20 @@ class NeolabelDatastore(LocalDatastore):
 
     def _undo_restore(self, image_id: str, tag: str, pairs: list[tuple[Path, Path]], release: bool,
                       actor: str) -> None:
-        """A restore that failed half-way: files that moved go back into the entry, counted slices are freed."""
-        for src, dest in pairs:
-            if (dest.exists() or dest.is_symlink()) and not (src.exists() or src.is_symlink()):
-                os.rename(dest, src)
+        """A restore that failed half-way: counted slices are freed, files that moved go back into the entry.
+        Each step on its own: what cannot be undone is logged, and the original error is what the caller sees."""
+        steps = [lambda: self.intake.ledger.release_annotations(image_id, actor)] if release else []
+        steps += [lambda s=src, d=dest: os.rename(d, s) for src, dest in pairs
+                  if (dest.exists() or dest.is_symlink()) and not (src.exists() or src.is_symlink())]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("undoing the restore of %s (%s): a step failed", image_id, tag)
         with self._registry_lock:
-            self._datastore.objects[image_id].labels.pop(tag, None)
-        if release:
-            self.intake.ledger.release_annotations(image_id, actor)
+            obj = self._datastore.objects.get(image_id)
+            if obj is not None:
+                obj.labels.pop(tag, None)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         try:

@@ -261,8 +261,8 @@ class AnnotationLedger:
             total = int(get_json(con, "settings", "strategy")["budget_total_slices"])
             if spent + leased + len(slices) > total:
                 raise SubmissionRejected(
-                    f"restoring {image_id}'s {len(slices)} slices would overspend the budget ({spent} spent, "
-                    f"{leased} leased of {total} since the deletion): raise budget_total_slices first", 409)
+                    f"restoring {image_id}'s {len(slices)} slices would overspend the budget (now {spent} spent "
+                    f"and {leased} leased of {total}): raise budget_total_slices first", 409)
             con.executemany("INSERT INTO ledger (image, axis, idx, submission_id) VALUES (?, ?, ?, ?)",
                             [(image_id, a, i, sub) for a, i, sub in slices])
             con.execute("UPDATE scans SET annotated = ?, visits = ? WHERE id = ?",

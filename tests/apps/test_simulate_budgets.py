@@ -203,6 +203,7 @@ def test_the_benchmark_merges_runs_of_one_configuration_and_refuses_others(tmp_p
         bench.merge(res)
     sim["config"].update(iterations=1, jobs=4, train_overrides={"threads": 1})  # how it ran: may differ
     (res / "runs" / "loop-seeds1-1" / "simulation.json").write_text(json.dumps(sim))
+    assert bench.merge(res)[0]["seeds"]["loop"] == [0, 1]
     bench._copy(tmp_path / "loop1", res / "runs" / "loop-seeds1-1", {**record, "thick_axis": "sagittal"})
     with pytest.raises(SystemExit, match="data.thick_axis"):
         bench.merge(res)

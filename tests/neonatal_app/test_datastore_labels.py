@@ -534,6 +534,9 @@ def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_
         _app.ledger.update_settings({"budget_total_slices": n - 1}, actor="root")
         r = client.post(f"/neolabel/trash/{entry}/restore")
         assert r.status_code == 409 and "budget_total_slices" in r.json()["detail"] and not final.exists()
+        assert client.get("/info/").json()["budget"]["spent_slices"] == 0
+        listed = client.get("/neolabel/trash").json()["trash"]
+        assert "restored_at" not in next(e for e in listed if e["entry"] == entry)
         _app.ledger.update_settings({"budget_total_slices": 1000}, actor="root")
 
         r = client.post(f"/neolabel/trash/{entry}/restore")
