@@ -11,7 +11,7 @@ to ``bench/results/thick_axis/`` plus ``summary.json`` and prints last::
 
     thick=<axis> weakest=<axis> <axis>=<dice> ... thick_vs_<axis>=<d> ci=[lo,hi] ...
 
-    .venv/bin/python -m bench.thick_axis            # ≈ 35 min on 2 idle CPU cores (12 models)
+    .venv/bin/python -m bench.thick_axis            # ≈ 65 min on 2 idle CPU cores (12 models × ≈ 5.5 min)
 """
 
 from __future__ import annotations
