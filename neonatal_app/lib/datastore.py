@@ -39,7 +39,7 @@ from neonatal_app.lib.trash import (
     read_entry,
 )
 from strategies.annotate.db import audit
-from strategies.annotate.intake import SubmissionIntake
+from strategies.annotate.intake import SubmissionIntake, sha256_file
 from strategies.annotate.ledger import AnnotationLedger
 from strategies.annotate.original import shown_dir
 from strategies.annotate.submission import ANONYMOUS, SubmissionRejected
@@ -241,6 +241,7 @@ class NeolabelDatastore(LocalDatastore):
             if tag == FINAL:
                 paths.append(self.intake.submissions_dir / label_id)
                 extra["annotations"] = self.intake.ledger.annotations_of(label_id)  # counted again on restore
+            extra["image_sha256"] = sha256_file(self.get_image_uri(label_id))  # the scan it was drawn on
             self._trash(label_id, tag, paths, "label.delete", extra)
             with self._registry_lock:
                 obj.labels.pop(tag, None)
@@ -289,6 +290,10 @@ class NeolabelDatastore(LocalDatastore):
                 raise TrashError(f"{entry!r} holds a deleted scan: add it again (PUT /datastore/image) or move its "
                                  "files back by hand, as its manifest lists them", 409)
             obj = self._known(image_id)
+            drawn_on = manifest.get("image_sha256")
+            if drawn_on is not None and drawn_on != sha256_file(self.get_image_uri(image_id)):
+                raise TrashError(f"{image_id} is another scan than the one this label was drawn on (the image was "
+                                 "replaced since the deletion): not restored", 409)
             name = self._trashed_label_name(image_id, tag, folder, manifest)
             saved = manifest.get("annotations")
             if tag == FINAL and saved is None:

@@ -524,6 +524,12 @@ def test_a_deleted_final_label_is_restored_with_its_slices_and_never_over_newer_
         entry = next(e for e in client.get("/neolabel/trash").json()["trash"] if e["tag"] == "final")["entry"]
 
         completed = _app.datastore().status()["completed"]
+        manifest = studies / ".neolabel" / "trash" / entry / "manifest.json"
+        kept = manifest.read_text()
+        manifest.write_text(json.dumps({**json.loads(kept), "image_sha256": "0" * 64}))  # as if the scan was replaced
+        r = client.post(f"/neolabel/trash/{entry}/restore")
+        assert r.status_code == 409 and "another scan" in r.json()["detail"] and not final.exists()
+        manifest.write_text(kept)
         # leased again (Carol): refused, nothing moved
         assert client.post("/activelearning/budget", json={"client_id": "carol"}).json()["id"] == image_id
         r = client.post(f"/neolabel/trash/{entry}/restore")
