@@ -83,8 +83,9 @@ PROFILES: dict[str, Profile] = {
     # ≈ 2 h on 2 quiet cores (the full run; 2-core AMD EPYC measured 0.95 s per iteration, batch 2, 48³):
     # 15 static models (5 per seed: budgets 2 / 10 / 100 × the dispersions the pool can pay for, identical
     # plans shared) + 5 loop models per seed (the shared seed-set model, then 2 rounds for each of claspe
-    # and fgrandom; plain entropy runs in the gpu profile). 300 iterations: full annotation measured 0.867
-    # tissue Dice (seed 0; 200 → 0.666, 350 → 0.898, 400 → 0.912; a 32³ patch at 300 iterations reached only 0.566).
+    # and fgrandom; plain entropy runs in the gpu profile). 300 iterations: a calibration run measured 0.867
+    # tissue Dice for full annotation (200 → 0.666, 350 → 0.898, 400 → 0.912; a 32³ patch at 300 iterations only
+    # 0.566); the benchmark's 5 seeds: 0.853 [0.827, 0.868] (bench/results/efficiency/full).
     "full": Profile(subjects=16, test_scans=4, seeds=3, epochs=6, iterations=50, round_epochs=2,
                     budgets=("2", "10", "100"), dispersions=("1slice", "0.33", "1.0"),
                     loop_budgets=("2", "5", "10"), strategies=("claspe", "fgrandom")),
