@@ -68,6 +68,13 @@ class Granted:
     lease: Lease | None
 
 
+def _spent_and_leased(con: sqlite3.Connection, now: str) -> tuple[int, int]:
+    """Slices the budget has paid for: annotated (ledger rows) and held by leases open at ``now``."""
+    spent = con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
+    leased = con.execute("SELECT COALESCE(SUM(n_slices), 0) FROM leases WHERE expires_at > ?", (now,)).fetchone()[0]
+    return int(spent), int(leased)
+
+
 class AnnotationLedger:
     """Settings, assignments and submissions recorded in the study set's annotation database."""
 
@@ -246,18 +253,17 @@ class AnnotationLedger:
         once slices of it were annotated again: then the restored label and the newer work would overlap.
         The number of slices counted."""
         slices = [(str(a), int(i), sub) for a, i, sub in saved.get("slices") or []]
+        now = _iso(datetime.now(timezone.utc))
         with self.db.transaction() as con:
             lease = con.execute("SELECT client_id FROM leases WHERE image = ? AND expires_at > ?",
-                                (image_id, _iso(datetime.now(timezone.utc)))).fetchone()
+                                (image_id, now)).fetchone()
             if lease is not None:
                 raise SubmissionRejected(f"{image_id} is assigned to {lease['client_id']} now: restore its label "
                                          "after that assignment is submitted or expires", 409)
             if con.execute("SELECT 1 FROM ledger WHERE image = ? LIMIT 1", (image_id,)).fetchone() is not None:
                 raise SubmissionRejected(f"slices of {image_id} were annotated again after the deletion: the old "
                                          "label is not restored over them", 409)
-            spent = con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
-            leased = con.execute("SELECT COALESCE(SUM(n_slices), 0) FROM leases WHERE expires_at > ?",
-                                 (_iso(datetime.now(timezone.utc)),)).fetchone()[0]
+            spent, leased = _spent_and_leased(con, now)
             total = int(get_json(con, "settings", "strategy")["budget_total_slices"])
             if spent + leased + len(slices) > total:
                 raise SubmissionRejected(
@@ -309,8 +315,7 @@ class AnnotationLedger:
             if held is not None:
                 lease = _lease(held)
                 return Granted(lease.image, [replace(a) for a in lease.assignments], lease)
-            spent = con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
-            reserved = con.execute("SELECT COALESCE(SUM(n_slices), 0) FROM leases").fetchone()[0]
+            spent, reserved = _spent_and_leased(con, _iso(t))  # expired leases were deleted just above
             remaining = int(cfg.total_slices) - spent - reserved
             if remaining <= 0:
                 return self._none(
